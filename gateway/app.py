@@ -1,0 +1,202 @@
+"""The composition root: builds every adapter from the config and supervises them.
+
+All long-running work is a named task in one TaskGroup; a task that dies takes
+the process down (systemd restarts it). A stop request (SIGTERM) ends the
+group, then shutdown runs in reverse order of start within
+``daemon.shutdown_timeout_s``: producers stop, the outbox commits what it was
+handed, ``offline`` is published on both brokers, the database is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from gateway import __version__
+from gateway.clock import Clock, SystemClock
+from gateway.config import GatewayConfig
+from gateway.errors import StorageError
+from gateway.log import get_logger
+from gateway.publish.hq_link import HqLink
+from gateway.publish.local_bus import LocalBus
+from gateway.publish.outbox import Outbox
+from gateway.sd_notify import SystemdNotifier
+from gateway.sensing.simulated import ScriptedEventSource
+from gateway.storage.store import SqliteWriter
+
+# A loop that falls this far behind its own timer is not healthy enough to
+# vouch for itself to systemd's watchdog (seconds).
+MAX_LOOP_LAG_S = 5.0
+# How often loop lag is sampled when no watchdog interval is set (seconds).
+LAG_SAMPLE_S = 1.0
+
+
+class _StopRequested(Exception):
+    """Raised inside the TaskGroup to end it on a stop request."""
+
+
+class Gateway:
+    """One store gateway process."""
+
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        *,
+        clock: Clock | None = None,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or SystemdNotifier()
+        self.log = get_logger("app")
+        self.started_at = time.monotonic()
+        self.loop_lag_ms = 0.0
+        self.watchdog_pings = 0
+        self.writer = SqliteWriter(
+            cfg.storage.path, max_size_mb=cfg.storage.max_size_mb, ballast_mb=cfg.storage.ballast_mb
+        )
+        self.outbox = Outbox(self.writer, cfg.store.id, cfg.outbox, self.clock)
+        self.hq: HqLink | None = (
+            HqLink(cfg.hq, cfg.store.id, self.outbox, self.clock, cfg.outbox.publish_window)
+            if cfg.hq.enabled
+            else None
+        )
+        self.bus = LocalBus(cfg.store_broker, cfg.store.id, self.clock, self.health)
+        self.simulation = ScriptedEventSource(cfg.simulation, self.clock, self.outbox.enqueue)
+
+    # -- health -------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """The figures store IT needs, published on ``store/v1/gateway/health``."""
+        db = self.cfg.storage.path
+        sizes = {}
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                sizes["db_bytes" if not suffix else "wal_bytes"] = os.stat(f"{db}{suffix}").st_size
+        disk_free = None
+        with contextlib.suppress(OSError):
+            disk_free = shutil.disk_usage(db.parent).free
+        doc: dict[str, Any] = {
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "loop_lag_ms": round(self.loop_lag_ms, 2),
+            "rss_bytes": _rss_bytes(),
+            "outbox": self.outbox.stats(),
+            "storage": {**sizes, "disk_free_bytes": disk_free, "disk_full": self.outbox.disk_full},
+            "hq": self.hq.stats() if self.hq else {"enabled": False},
+            "store_broker": {
+                "connects": self.bus.conn.connects,
+                "last_error": self.bus.conn.last_error,
+            },
+            "watchdog_pings": self.watchdog_pings,
+        }
+        if self.cfg.simulation.events_per_s > 0:
+            doc["simulation"] = {
+                "produced": self.simulation.produced,
+                "taken": self.simulation.taken,
+                "rejected": self.simulation.rejected,
+            }
+        return doc
+
+    # -- run ----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then shut down gracefully."""
+        await asyncio.to_thread(self.writer.start)
+        try:
+            await self.outbox.open()
+            self.log.info(
+                "gateway_starting",
+                store=self.cfg.store.id,
+                version=__version__,
+                db=str(self.cfg.storage.path),
+                outbox_depth=self.outbox.depth(),
+                hq=f"{self.cfg.hq.host}:{self.cfg.hq.port}" if self.cfg.hq.enabled else "disabled",
+            )
+            tasks: dict[str, Coroutine[Any, Any, None]] = {
+                "outbox-commit": self.outbox.run(),
+                **self.bus.tasks(),
+                "watchdog": self._watchdog(),
+                "simulation": self.simulation.run(),
+                "stop-request": self._wait_stop(stop),
+            }
+            if self.hq is not None:
+                tasks.update(self.hq.tasks())
+            self.notifier.ready(status=f"store {self.cfg.store.id} running")
+            self.log.info("gateway_ready", tasks=sorted(tasks))
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for name, coro in tasks.items():
+                        tg.create_task(coro, name=name)
+            except* _StopRequested:
+                pass
+        finally:
+            await self._shutdown()
+
+    async def _wait_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        raise _StopRequested
+
+    async def _shutdown(self) -> None:
+        """Bounded graceful stop, in reverse order of start."""
+        started = time.monotonic()
+        budget = self.cfg.daemon.shutdown_timeout_s
+        self.notifier.stopping()
+        self.log.info("gateway_stopping", outbox_depth=self.outbox.depth())
+        with contextlib.suppress(StorageError, TimeoutError):
+            await asyncio.wait_for(self.outbox.flush(), timeout=budget / 2)
+        remaining = max(0.2, budget - (time.monotonic() - started))
+        closes = [self.bus.close(remaining / 2)]
+        if self.hq is not None:
+            closes.append(self.hq.close(remaining / 2))
+        results = await asyncio.gather(*closes, return_exceptions=True)
+        await asyncio.to_thread(self.writer.close)
+        self.notifier.close()
+        self.log.info(
+            "gateway_stopped",
+            offline_published=[r is True for r in results],
+            took_s=round(time.monotonic() - started, 2),
+            outbox_depth=self.outbox.depth(),
+        )
+
+    async def _watchdog(self) -> None:
+        """Ping systemd only while the loop is on time and the writer answers."""
+        interval = self.notifier.watchdog_interval_s or LAG_SAMPLE_S
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(interval)
+            lag = loop.time() - before - interval
+            self.loop_lag_ms = lag * 1000
+            healthy = lag < MAX_LOOP_LAG_S
+            if healthy:
+                try:
+                    await asyncio.wait_for(self.writer.run(_ping_db), timeout=interval)
+                except (TimeoutError, StorageError) as exc:
+                    healthy = False
+                    self.log.error("watchdog_writer_unresponsive", error=repr(exc))
+            else:
+                self.log.error("watchdog_loop_lagging", lag_s=round(lag, 3))
+            if healthy and self.notifier.watchdog():
+                self.watchdog_pings += 1
+                self.notifier.status(
+                    f"outbox {self.outbox.depth()} rows, "
+                    f"hq {'up' if self.hq and self.hq.conn.connected else 'down'}"
+                )
+
+
+def _ping_db(conn: Any) -> None:
+    conn.execute("SELECT 1").fetchone()
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None

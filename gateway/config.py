@@ -1,0 +1,238 @@
+"""Load gateway.toml into one frozen, validated object.
+
+Unknown keys are errors (a typo must not silently fall back to a default), and
+every problem is reported as ``dotted.path: what is wrong`` so that
+``store-gateway check-config`` can print one line per mistake. Secrets never
+live in the TOML: they come from files (mode 0600) or the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gateway.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/store-gateway/gateway.toml")
+CONFIG_ENV = "STORE_GATEWAY_CONFIG"
+SECRET_KEYS = {"password", "secret", "token", "key", "private_key", "passphrase"}
+
+StoreId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Section(BaseModel):
+    """Base of every section: frozen and strict about unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class StoreSection(Section):
+    id: StoreId
+    name: str = ""
+
+
+class StorageSection(Section):
+    path: Path = Path("/var/lib/store-gateway/gateway.db")
+    # 0 means only the disk limits the database; otherwise PRAGMA max_page_count.
+    max_size_mb: Annotated[float, Field(ge=0)] = 0
+    # Deleted when the disk fills so that SQLite has room to delete and checkpoint.
+    ballast_mb: Annotated[float, Field(ge=0, le=1024)] = 8
+
+
+class OutboxSection(Section):
+    max_mb: Annotated[float, Field(gt=0)] = 256
+    max_age_h: Annotated[float, Field(gt=0)] = 14 * 24
+    publish_window: Annotated[int, Field(ge=1, le=20_000)] = 1000
+    commit_batch: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    loss_report_interval_s: Annotated[float, Field(gt=0)] = 60
+
+
+class TlsSection(Section):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSection:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (client certificate)")
+        return self
+
+
+class BrokerSection(Section):
+    host: str = "127.0.0.1"
+    port: Port = 1883
+    client_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    tls: TlsSection | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    reconnect_min_s: Annotated[float, Field(gt=0, le=3600)] = 0.5
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30
+
+    @model_validator(mode="after")
+    def _backoff(self) -> BrokerSection:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+
+class HqSection(BrokerSection):
+    enabled: bool = True
+    port: Port = 8883
+    # How long HQ's broker keeps our session (subscriptions, queued downlink).
+    session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 7 * 24 * 3600
+
+
+class StoreBrokerSection(BrokerSection):
+    health_interval_s: Annotated[float, Field(ge=0.2, le=3600)] = 10
+
+
+class LogSection(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class DaemonSection(Section):
+    shutdown_timeout_s: Annotated[float, Field(gt=0, le=60)] = 4
+
+
+class SimulationSection(Section):
+    """A scripted event source for the demo and for tests; off in a real store."""
+
+    events_per_s: Annotated[float, Field(ge=0, le=100_000)] = 0
+    kinds: tuple[str, ...] = ("telemetry", "presence", "transaction")
+    # Stop after this many events (0: no limit).
+    max_events: Annotated[int, Field(ge=0)] = 0
+
+
+class GatewayConfig(Section):
+    store: StoreSection
+    storage: StorageSection = StorageSection()
+    outbox: OutboxSection = OutboxSection()
+    hq: HqSection = HqSection(enabled=False)
+    store_broker: StoreBrokerSection = StoreBrokerSection()
+    log: LogSection = LogSection()
+    daemon: DaemonSection = DaemonSection()
+    simulation: SimulationSection = SimulationSection()
+
+
+def _secret_key_problems(raw: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Secrets written into the TOML itself, named with a clearer message than 'extra'."""
+    problems: list[tuple[str, str]] = []
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            path = f"{prefix}{key}"
+            if key in SECRET_KEYS and not isinstance(value, dict):
+                problems.append(
+                    (
+                        path,
+                        "secrets are not allowed in the TOML; use a *_file (mode 0600) "
+                        "or the environment",
+                    )
+                )
+            else:
+                problems.extend(_secret_key_problems(value, path + "."))
+    return problems
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _check_secret_files(config: GatewayConfig) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    candidates = []
+    for name in ("hq", "store_broker"):
+        section: BrokerSection = getattr(config, name)
+        if name == "hq" and not config.hq.enabled:
+            continue
+        candidates.append((f"{name}.password_file", section.password_file))
+        if section.tls is not None:
+            candidates.append((f"{name}.tls.key_file", section.tls.key_file))
+            candidates.append((f"{name}.tls.cert_file", section.tls.cert_file))
+            candidates.append((f"{name}.tls.ca_file", section.tls.ca_file))
+    for path_name, path in candidates:
+        if path is None:
+            continue
+        try:
+            st = path.stat()
+        except OSError as exc:
+            problems.append((path_name, f"cannot read {path}: {exc.strerror}"))
+            continue
+        if path_name.endswith(("password_file", "key_file")) and st.st_mode & (
+            stat.S_IRWXG | stat.S_IRWXO
+        ):
+            problems.append(
+                (
+                    path_name,
+                    f"{path} is readable by others (mode {st.st_mode & 0o777:o}); chmod 600 it",
+                )
+            )
+    return problems
+
+
+def parse_config(raw: dict[str, Any]) -> GatewayConfig:
+    """Validate an already-parsed TOML document; raise ConfigError listing every problem."""
+    problems = _secret_key_problems(raw)
+    secret_paths = {path for path, _ in problems}
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            path = _loc(err["loc"])
+            if path in secret_paths:
+                continue
+            message = err["msg"]
+            if err["type"] == "extra_forbidden":
+                message = "unknown key (check the spelling; see docs/configuration.md)"
+            elif err["type"] == "missing":
+                message = "required key is missing"
+            problems.append((path, message))
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    problems.extend(_check_secret_files(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def resolve_config_path(path: str | os.PathLike[str] | None) -> Path:
+    """The config path: explicit, else $STORE_GATEWAY_CONFIG, else the default."""
+    if path is not None:
+        return Path(path)
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
+    """Read and validate the config file; raise ConfigError with every problem found."""
+    resolved = resolve_config_path(path)
+    try:
+        text = resolved.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError([(str(resolved), f"cannot read: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([(str(resolved), f"not UTF-8 text: {exc.reason}")]) from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(str(resolved), f"TOML syntax error: {exc}")]) from exc
+    return parse_config(raw)
+
+
+def read_secret(env_name: str, path: Path | None) -> str | None:
+    """A secret from the environment (preferred) or from a file, stripped of its newline."""
+    value = os.environ.get(env_name)
+    if value:
+        return value
+    if path is None:
+        return None
+    return path.read_text(encoding="utf-8").rstrip("\r\n")

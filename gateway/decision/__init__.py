@@ -1,0 +1,1 @@
+"""Decision: features, ranking, rules and experiments."""

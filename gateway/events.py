@@ -1,0 +1,68 @@
+"""The shared vocabulary: upstream events and their shedding classes.
+
+Every stage speaks these types; no library type crosses a port.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+class Priority(IntEnum):
+    """Shedding class of an upstream event: a larger value is shed first.
+
+    CRITICAL is never shed: consent changes are legal records, transactions are
+    sales, and loss reports are how HQ learns what else was shed.
+    """
+
+    CRITICAL = 0
+    HIGH = 1
+    NORMAL = 2
+    LOW = 3
+
+
+# The class of each known kind; unknown kinds are NORMAL.
+KIND_PRIORITY: dict[str, Priority] = {
+    "consent": Priority.CRITICAL,
+    "transaction": Priority.CRITICAL,
+    "outbox_loss": Priority.CRITICAL,
+    "decision": Priority.HIGH,
+    "conversion": Priority.HIGH,
+    "experiment_summary": Priority.HIGH,
+    "presence": Priority.NORMAL,
+    "visit": Priority.NORMAL,
+    "impression": Priority.NORMAL,
+    "telemetry": Priority.LOW,
+    "heartbeat": Priority.LOW,
+}
+
+
+def priority_of(kind: str) -> Priority:
+    """The shedding class of ``kind`` (NORMAL when the kind is not listed)."""
+    return KIND_PRIORITY.get(kind, Priority.NORMAL)
+
+
+@dataclass(frozen=True, slots=True)
+class UpEvent:
+    """An event bound for HQ through the outbox.
+
+    ``data`` must be JSON-serialisable; the outbox adds ``v``, ``id``, ``store``,
+    ``kind`` and ``ts`` around it when it commits the event.
+    """
+
+    kind: str
+    data: dict[str, Any]
+    ts: float
+    priority: Priority = field(default=Priority.NORMAL)
+
+    @classmethod
+    def of(cls, kind: str, data: dict[str, Any], ts: float) -> UpEvent:
+        """An event of ``kind`` with the class that kind is registered under."""
+        if not KIND_PATTERN.match(kind):
+            raise ValueError(f"event kind {kind!r} is not a valid topic segment")
+        return cls(kind=kind, data=data, ts=ts, priority=priority_of(kind))

@@ -1,0 +1,1 @@
+"""HQ-side tools (training, bundles, publishing); never needed on the Pi."""

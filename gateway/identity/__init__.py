@@ -1,0 +1,1 @@
+"""Identity: token resolution, presence and visits (pure code)."""

@@ -1,0 +1,1 @@
+"""Sensing: adapters that turn radios, satellites and serial lanes into events."""

@@ -1,0 +1,66 @@
+"""Schema migrations, applied in order at every start (sqlite-utils Migrations).
+
+Add a new function at the end to change the schema; never edit one that has
+shipped. Hot-path tables are written with raw SQL, so columns here are the
+contract with ``store.py`` and ``publish/outbox.py``.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("store-gateway")
+
+
+@migrations()
+def m001_meta_and_outbox(db: Database) -> None:
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    # seq is assigned by the single writer from meta.outbox_next_seq, never reused,
+    # so ids {store}:{seq} stay unique even after the table drains to empty.
+    db.execute(
+        """CREATE TABLE outbox (
+               seq INTEGER PRIMARY KEY,
+               kind TEXT NOT NULL,
+               priority INTEGER NOT NULL,
+               created_at REAL NOT NULL,
+               size INTEGER NOT NULL,
+               payload BLOB NOT NULL
+           )"""
+    )
+    db.execute("CREATE INDEX outbox_shed ON outbox (priority, seq)")
+    db.execute(
+        """CREATE TABLE outbox_loss (
+               kind TEXT NOT NULL,
+               reason TEXT NOT NULL,
+               priority INTEGER NOT NULL,
+               shed_count INTEGER NOT NULL DEFAULT 0,
+               shed_bytes INTEGER NOT NULL DEFAULT 0,
+               reported_count INTEGER NOT NULL DEFAULT 0,
+               reported_bytes INTEGER NOT NULL DEFAULT 0,
+               first_at REAL NOT NULL,
+               last_at REAL NOT NULL,
+               PRIMARY KEY (kind, reason)
+           )"""
+    )
+
+
+@migrations()
+def m002_profiles_consent_models(db: Database) -> None:
+    db["profiles"].create(
+        {"shopper_id": str, "data": str, "updated_at": float, "expires_at": float},
+        pk="shopper_id",
+    )
+    db["profiles"].create_index(["expires_at"])
+    db["consent"].create(
+        {"shopper_id": str, "scopes": str, "expires_at": float, "updated_at": float},
+        pk="shopper_id",
+    )
+    db["models"].create(
+        {"version": int, "sha256": str, "path": str, "installed_at": float, "active": int},
+        pk="version",
+    )
+    db["dead_letters"].create(
+        {"id": int, "source": str, "reason": str, "received_at": float, "size": int},
+        pk="id",
+    )

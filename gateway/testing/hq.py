@@ -1,0 +1,95 @@
+"""A stand-in for HQ: a persistent-session subscriber that records every event id."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+
+class HqReceiver:
+    """Subscribes to ``retail/v1/stores/+/up/#`` and ``.../status`` at QoS 1.
+
+    Its session survives broker restarts (clean_start=False, session expiry, and
+    a broker with persistence), like a real HQ consumer's would.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1", client_id: str = "hq-receiver") -> None:
+        self.ids: set[str] = set()
+        self.messages = 0
+        self.by_kind: Counter[str] = Counter()
+        self.statuses: list[dict[str, Any]] = []
+        self.loss_reports: list[dict[str, Any]] = []
+        self.bad_payloads = 0
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+        )
+        self._client.max_inflight_messages_set(0)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = lambda *a: self._connected.clear()
+        self._client.on_message = self._on_message
+        self._client.reconnect_delay_set(0.05, 0.5)
+        self.host, self.port = host, port
+
+    def start(self, timeout_s: float = 10.0) -> HqReceiver:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self._client.connect(self.host, self.port, clean_start=False, properties=props)
+        self._client.loop_start()
+        if not self._connected.wait(timeout_s):
+            raise TimeoutError("HQ receiver did not connect")
+        return self
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def wait_connected(self, timeout_s: float = 10.0) -> bool:
+        return self._connected.wait(timeout_s)
+
+    def _on_connect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if not reason.is_failure:
+            client.subscribe("retail/v1/stores/+/up/#", qos=1)
+            client.subscribe("retail/v1/stores/+/status", qos=1)
+            self._connected.set()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            doc = json.loads(msg.payload)
+        except ValueError:
+            with self._lock:
+                self.bad_payloads += 1
+            return
+        with self._lock:
+            if msg.topic.endswith("/status"):
+                self.statuses.append(doc)
+                return
+            self.messages += 1
+            self.ids.add(doc.get("id", ""))
+            self.by_kind[doc.get("kind", "?")] += 1
+            if doc.get("kind") == "outbox_loss":
+                self.loss_reports.append(doc)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.ids)
+
+    def wait_for(self, n: int, timeout_s: float) -> bool:
+        """Wait until ``n`` distinct ids have arrived."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.count() >= n:
+                return True
+            time.sleep(0.05)
+        return self.count() >= n
