@@ -1,0 +1,227 @@
+"""``store-gateway demo``: a whole simulated store on this machine.
+
+Two private Mosquitto brokers ("store" and "HQ") on free loopback ports, the
+real daemon as a child process on a temporary config with a scripted event
+source, a live view from the store broker's health topic, an HQ outage in the
+middle (the outbox fills, then drains), and a summary of what was produced,
+what HQ received and what was lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from gateway.publish import topics
+from gateway.testing.daemon import GatewayProcess, config_text, gateway_sections
+from gateway.testing.hq import HqReceiver
+from gateway.testing.mosquitto import MosquittoBroker
+
+STORE_ID = "demo-store"
+# After the scripted trading ends, how long the demo waits for HQ to catch up (s).
+DRAIN_GRACE_S = 90.0
+
+
+class HealthWatcher:
+    """Keeps the latest retained health and status documents of the store broker."""
+
+    def __init__(self, port: int) -> None:
+        self.health: dict[str, Any] = {}
+        self.status: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id="demo-view", protocol=MQTTProtocolVersion.MQTTv5
+        )
+        self._client.on_connect = lambda c, *a: c.subscribe("store/v1/gateway/#", qos=1)
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", port)
+        self._client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with contextlib.suppress(ValueError), self._lock:
+            doc = json.loads(msg.payload)
+            if msg.topic == topics.STORE_HEALTH:
+                self.health = doc
+            elif msg.topic == topics.STORE_STATUS:
+                self.status = doc
+
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        with self._lock:
+            return dict(self.health), dict(self.status)
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def _committed_count(db: Path) -> int:
+    """Events the gateway committed: ids run from 1 to outbox_next_seq - 1."""
+    conn = sqlite3.connect(str(db))
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='outbox_next_seq'").fetchone()
+        return int(row[0]) - 1 if row else 0
+    finally:
+        conn.close()
+
+
+class LiveView:
+    """Redraws in place on a terminal; prints a line every few seconds otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self._last_line = 0.0
+        self._drawn = 0
+
+    def show(
+        self, phase: str, elapsed: float, health: dict[str, Any], received: int, total: int
+    ) -> None:
+        outbox = health.get("outbox", {})
+        hq = health.get("hq", {})
+        sim = health.get("simulation", {})
+        rows = [
+            f"store-gateway demo  t={elapsed:5.1f}s  phase: {phase}",
+            f"  produced    {sim.get('produced', 0):>7} / {total}",
+            f"  outbox      {outbox.get('depth', 0):>7} rows  "
+            f"{outbox.get('bytes', 0) / 1024:8.1f} KiB  "
+            f"commit {outbox.get('last_commit_ms', 0)} ms",
+            f"  HQ link     {'up  ' if hq.get('connected') else 'DOWN'}  "
+            f"in flight {hq.get('inflight', 0):>5}  acked {hq.get('acked_total', 0):>7}",
+            f"  HQ received {received:>7} distinct events",
+        ]
+        if self.tty:
+            if self._drawn:
+                sys.stdout.write(f"\x1b[{self._drawn}F")
+            sys.stdout.write("".join(f"\x1b[2K{r}\n" for r in rows))
+            sys.stdout.flush()
+            self._drawn = len(rows)
+        elif elapsed - self._last_line >= 3 or phase.startswith("done"):
+            self._last_line = elapsed
+            print(
+                f"[{elapsed:5.1f}s] {phase:<22} produced={sim.get('produced', 0)} "
+                f"outbox={outbox.get('depth', 0)} hq={'up' if hq.get('connected') else 'down'} "
+                f"received={received}",
+                flush=True,
+            )
+
+
+def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary_json: bool) -> int:
+    """Run the demo store; 0 when nothing was lost and the gateway stopped cleanly."""
+    workdir = Path(tempfile.mkdtemp(prefix="store-gateway-demo-"))
+    total = max(1, int(events_per_s * duration_s))
+    outage_at = duration_s * 0.3
+    print(
+        f"store-gateway demo: {total} events over {duration_s:.0f}s, HQ cut off for "
+        f"{outage_s:.0f}s from t={outage_at:.0f}s (work dir {workdir})",
+        flush=True,
+    )
+    store = MosquittoBroker(workdir / "store-broker", name="store").start()
+    hq = MosquittoBroker(workdir / "hq-broker", name="hq").start()
+    receiver = HqReceiver(hq.port).start()
+    watcher = HealthWatcher(store.port)
+    db = workdir / "gateway.db"
+    cfg = workdir / "gateway.toml"
+    cfg.write_text(
+        config_text(
+            gateway_sections(
+                store_id=STORE_ID,
+                db_path=db,
+                store_port=store.port,
+                hq_port=hq.port,
+                simulation={
+                    "events_per_s": events_per_s,
+                    "max_events": total,
+                    "kinds": ["presence", "transaction", "telemetry"],
+                },
+                outbox={"loss_report_interval_s": 5},
+                store_broker={"health_interval_s": 0.5},
+                log={"format": "json", "level": "info"},
+            )
+        )
+    )
+    gateway = GatewayProcess(cfg, workdir / "gateway.log").start()
+    view = LiveView()
+    started = time.monotonic()
+    phase = "trading"
+    max_depth = 0
+    outage_done = False
+    drained_at: float | None = None
+    rc: int | None = None
+    try:
+        deadline = started + duration_s + outage_s + DRAIN_GRACE_S
+        while time.monotonic() < deadline:
+            elapsed = time.monotonic() - started
+            if not gateway.running:
+                phase = "gateway exited"
+                break
+            if not outage_done and hq.running and elapsed >= outage_at:
+                hq.stop()
+                phase = "HQ DOWN: outbox filling"
+            elif not outage_done and not hq.running and elapsed >= outage_at + outage_s:
+                hq.start()
+                receiver.wait_connected(10)
+                outage_done = True
+                phase = "HQ back: draining"
+            health, _ = watcher.snapshot()
+            depth = health.get("outbox", {}).get("depth", 0)
+            max_depth = max(max_depth, depth)
+            produced = health.get("simulation", {}).get("produced", 0)
+            if outage_done and produced >= total and depth == 0 and receiver.count() >= total:
+                drained_at = elapsed
+                phase = "done: HQ caught up"
+                view.show(phase, elapsed, health, receiver.count(), total)
+                break
+            view.show(phase, elapsed, health, receiver.count(), total)
+            time.sleep(0.5)
+        stop_started = time.monotonic()
+        rc = gateway.terminate(timeout_s=15)
+        stop_s = time.monotonic() - stop_started
+        time.sleep(0.3)
+        _, status = watcher.snapshot()
+        committed = _committed_count(db)
+        expected = {f"{STORE_ID}:{i}" for i in range(1, committed + 1)}
+        received = len(receiver.ids & expected)
+        health, _ = watcher.snapshot()
+        shed = sum(health.get("outbox", {}).get("shed_total", {}).values())
+        summary = {
+            "produced": committed,
+            "received_at_hq": received,
+            "lost": committed - received,
+            "duplicates_at_hq": receiver.messages - len(receiver.ids),
+            "shed_by_policy": shed,
+            "hq_outage_s": outage_s,
+            "max_outbox_depth": max_depth,
+            "caught_up_at_s": round(drained_at, 1) if drained_at is not None else None,
+            "gateway_exit_code": rc,
+            "gateway_stop_s": round(stop_s, 2),
+            "final_status": status.get("state"),
+        }
+    finally:
+        if gateway.running:
+            gateway.kill()
+        watcher.stop()
+        receiver.stop()
+        store.close()
+        hq.close()
+    print()
+    print("summary")
+    for key, value in summary.items():
+        print(f"  {key:<18} {value}")
+    ok = summary["lost"] == 0 and rc == 0 and drained_at is not None
+    if ok:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"  (kept {workdir} for inspection: gateway.log, gateway.db)")
+    if summary_json:
+        print(json.dumps(summary, separators=(",", ":")))
+    return 0 if ok else 1
