@@ -176,7 +176,9 @@ class Gateway:
             healthy = lag < MAX_LOOP_LAG_S
             if healthy:
                 try:
-                    await asyncio.wait_for(self.writer.run(_ping_db), timeout=interval)
+                    # asyncio.timeout, not wait_for (3.11 wait_for can swallow a cancel).
+                    async with asyncio.timeout(interval):
+                        await self.writer.run(_ping_db)
                 except (TimeoutError, StorageError) as exc:
                     healthy = False
                     self.log.error("watchdog_writer_unresponsive", error=repr(exc))

@@ -24,12 +24,14 @@ SECRET_KEYS = {"password", "secret", "token", "key", "private_key", "passphrase"
 
 StoreId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
+# TOML has no path type: a path arrives as a string (the models are otherwise strict).
+ConfigPath = Annotated[Path, Field(strict=False)]
 
 
 class Section(BaseModel):
     """Base of every section: frozen and strict about unknown keys."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class StoreSection(Section):
@@ -38,7 +40,7 @@ class StoreSection(Section):
 
 
 class StorageSection(Section):
-    path: Path = Path("/var/lib/store-gateway/gateway.db")
+    path: ConfigPath = Path("/var/lib/store-gateway/gateway.db")
     # 0 means only the disk limits the database; otherwise PRAGMA max_page_count.
     max_size_mb: Annotated[float, Field(ge=0)] = 0
     # Deleted when the disk fills so that SQLite has room to delete and checkpoint.
@@ -54,9 +56,9 @@ class OutboxSection(Section):
 
 
 class TlsSection(Section):
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    ca_file: ConfigPath | None = None
+    cert_file: ConfigPath | None = None
+    key_file: ConfigPath | None = None
 
     @model_validator(mode="after")
     def _pair(self) -> TlsSection:
@@ -70,7 +72,7 @@ class BrokerSection(Section):
     port: Port = 1883
     client_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     username: str | None = None
-    password_file: Path | None = None
+    password_file: ConfigPath | None = None
     tls: TlsSection | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     reconnect_min_s: Annotated[float, Field(gt=0, le=3600)] = 0.5
@@ -107,7 +109,12 @@ class SimulationSection(Section):
     """A scripted event source for the demo and for tests; off in a real store."""
 
     events_per_s: Annotated[float, Field(ge=0, le=100_000)] = 0
-    kinds: tuple[str, ...] = ("telemetry", "presence", "transaction")
+    # strict=False: TOML arrays arrive as lists (the strings inside stay strict).
+    kinds: Annotated[tuple[str, ...], Field(strict=False)] = (
+        "telemetry",
+        "presence",
+        "transaction",
+    )
     # Stop after this many events (0: no limit).
     max_events: Annotated[int, Field(ge=0)] = 0
 
@@ -165,6 +172,9 @@ def _check_secret_files(config: GatewayConfig) -> list[tuple[str, str]]:
             st = path.stat()
         except OSError as exc:
             problems.append((path_name, f"cannot read {path}: {exc.strerror}"))
+            continue
+        except ValueError as exc:  # a NUL byte in the path (TOML allows "\u0000")
+            problems.append((path_name, f"not a usable path: {exc}"))
             continue
         if path_name.endswith(("password_file", "key_file")) and st.st_mode & (
             stat.S_IRWXG | stat.S_IRWXO

@@ -126,8 +126,12 @@ class HqLink:
                 rows = await self.outbox.fetch(self._dispatched_upto, min(room, 1000))
             if not rows:
                 # Nothing new: wait for a commit, an ack, or the retry timer.
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+                # cancellation that races with the event being set, and the task
+                # then never ends (SIGTERM hung the TaskGroup).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.outbox.new_rows.wait(), timeout=1.0)
+                    async with asyncio.timeout(1.0):
+                        await self.outbox.new_rows.wait()
                 continue
             for row in rows:
                 mid = self.conn.publish(topics.hq_up(self.store_id, row.kind), row.payload, qos=1)

@@ -189,8 +189,11 @@ class Outbox:
         loop = asyncio.get_running_loop()
         try:
             while True:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+                # cancellation that races with the wake-up, and shutdown hangs.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                    async with asyncio.timeout(1.0):
+                        await self._wake.wait()
                 self._wake.clear()
                 await self._commit_once()
                 now = loop.time()
@@ -390,7 +393,7 @@ class Outbox:
     ) -> int:
         """Delete the oldest rows of the lowest classes until ``target_bytes`` are freed."""
         freed = 0
-        for prio in reversed(SHEDDABLE):
+        for prio in SHEDDABLE:
             while freed < target_bytes:
                 victims = conn.execute(
                     "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE priority = ? "
@@ -521,7 +524,7 @@ class Outbox:
                         acc[1] += size
                     for kind, (n, size) in per_kind.items():
                         _record_loss(conn, kind, "expired", int(prio), n, size, self.clock.wall())
-                        shed[f"{kind}:expired"] = n
+                        shed[f"{kind}:expired"] = shed.get(f"{kind}:expired", 0) + n
                 conn.execute("COMMIT")
             except sqlite3.Error:
                 if conn.in_transaction:
@@ -567,12 +570,21 @@ class Outbox:
         if not lines:
             return
         event = UpEvent.of("outbox_loss", {"shed": lines}, self.clock.wall())
-        # The report goes through put() like any event; once committed, mark
-        # the counts reported. A crash in between re-sends the same figures,
-        # which HQ can tell apart by count_total.
-        try:
-            await self.put(event)
-        except (OutboxRejected, StorageError):
+        # The report is committed like any event; once committed, mark the
+        # counts reported. A crash in between re-sends the same figures, which
+        # HQ can tell apart by count_total. This runs inside the commit loop, so
+        # it must not await put() (nothing else would commit it: deadlock);
+        # it goes first in the queue and this loop commits it itself.
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        report = _Pending(event, fut)
+        self._pending.insert(0, report)
+        while not fut.done():
+            if any(p is report for p in self._pending):
+                await self._commit_once()
+            else:
+                # Another committer (a test's loop, flush()) holds it: wait for that.
+                await asyncio.wait({fut}, timeout=FULL_RETRY_S)
+        if fut.exception() is not None:
             return
 
         def mark(conn: sqlite3.Connection) -> None:

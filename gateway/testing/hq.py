@@ -25,6 +25,8 @@ class HqReceiver:
         self.ids: set[str] = set()
         self.messages = 0
         self.by_kind: Counter[str] = Counter()
+        # Distinct ids per event kind (``by_kind`` counts duplicates too).
+        self.ids_by_kind: dict[str, set[str]] = {}
         self.statuses: list[dict[str, Any]] = []
         self.loss_reports: list[dict[str, Any]] = []
         self.bad_payloads = 0
@@ -78,6 +80,7 @@ class HqReceiver:
             self.messages += 1
             self.ids.add(doc.get("id", ""))
             self.by_kind[doc.get("kind", "?")] += 1
+            self.ids_by_kind.setdefault(doc.get("kind", "?"), set()).add(doc.get("id", ""))
             if doc.get("kind") == "outbox_loss":
                 self.loss_reports.append(doc)
 
