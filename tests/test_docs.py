@@ -31,3 +31,38 @@ def test_every_config_key_is_documented() -> None:
     assert len(keys) > 30
     missing = [k for k in keys if f"`{k}`" not in text]
     assert missing == []
+
+
+def test_asyncapi_names_every_topic_the_gateway_publishes() -> None:
+    """docs/asyncapi.json parses and has a channel for each topic in gateway.publish.topics."""
+    import json
+
+    from gateway.publish import topics
+
+    doc = json.loads((DOCS / "asyncapi.json").read_text())
+    assert doc["asyncapi"].startswith("2.")
+    channels = set(doc["channels"])
+    wanted = {topics.STORE_STATUS, topics.STORE_HEALTH,
+              topics.hq_up("{store}", "{kind}"), topics.hq_status("{store}")}
+    assert wanted <= channels
+
+
+def test_every_health_field_is_documented(tmp_path: Path) -> None:
+    """Each field of a real health document appears in docs/mqtt-api.md."""
+    from gateway.app import Gateway
+    from gateway.config import parse_config
+
+    cfg = parse_config({"store": {"id": "s1"}, "storage": {"path": str(tmp_path / "g.db")},
+                        "hq": {"host": "127.0.0.1", "port": 1},
+                        "simulation": {"events_per_s": 1}})
+    health = Gateway(cfg).health()
+    text = (DOCS / "mqtt-api.md").read_text()
+    fields = []
+    for key, value in health.items():
+        if isinstance(value, dict) and key != "simulation":
+            fields.extend(f"{key}.{sub}" for sub in value)
+        else:
+            fields.append(key)
+    missing = [f for f in fields if f"`{f}`" not in text and f"`{f.split('.')[-1]}`" not in text
+               and f"`{f}" not in text]
+    assert missing == []
