@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -44,6 +45,11 @@ from gateway.storage.store import SqliteWriter, checkpoint, is_full_error
 SHED_BATCH = 1000
 # Shed down to this share of max_mb once over it, so shedding is not paid on every put.
 SHED_TARGET = 0.95
+# After a full disk, disk_full clears only once this share of the size cap is
+# free again (or, without a cap, this much disk), so the health signal lasts
+# while space is really short instead of for one commit.
+HEADROOM_SHARE = 0.10
+HEADROOM_MIN_BYTES = 16 * 1024 * 1024
 # How often expired rows are swept (seconds).
 AGE_SWEEP_S = 30.0
 # A CRITICAL event that did not fit is retried this often while the disk is full.
@@ -106,6 +112,8 @@ class Outbox:
         self._last_age_sweep = 0.0
         # Acks a full disk kept us from deleting (set by a writer job, read after it).
         self._acked_retry: list[int] = []
+        # Writer-side: a full disk was hit and real headroom has not come back yet.
+        self._was_full = False
 
     # -- start --------------------------------------------------------------------
 
@@ -292,7 +300,27 @@ class Outbox:
             return self._commit_when_full(conn, events, acked, shed)
         if self.writer.ballast_bytes and not self.writer.ballast_path.exists():
             self.writer.ensure_ballast()
-        return ids, "", delivered, shed, False
+        # A commit that fits is not yet recovery: the flag stays up until there
+        # is real room again, so health shows it for as long as it matters.
+        full = self._was_full and not self._has_headroom(conn)
+        self._was_full = full
+        return ids, "", delivered, shed, full
+
+    def _has_headroom(self, conn: sqlite3.Connection) -> bool:
+        """Room to spare under the size cap and on the disk (checked only after a full disk)."""
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        cap = conn.execute("PRAGMA max_page_count").fetchone()[0]
+        used = conn.execute("PRAGMA page_count").fetchone()[0]
+        free_pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        if self.writer.max_size_mb > 0 and (cap - used + free_pages) < cap * HEADROOM_SHARE:
+            return False
+        try:
+            st = os.statvfs(self.writer.path.parent)
+        except OSError:
+            return True
+        disk_free = st.f_bavail * st.f_frsize
+        return disk_free + free_pages * page_size >= max(
+            2 * self.writer.ballast_bytes, HEADROOM_MIN_BYTES)
 
     def _insert_and_delete(
         self,
@@ -456,6 +484,7 @@ class Outbox:
         self._reload_counts(conn)
         try:
             ids, delivered = self._insert_and_delete(conn, events, acked, shed)
+            self._was_full = True
             return ids, "", delivered, shed, True
         except sqlite3.Error as exc:
             if not is_full_error(exc):
@@ -488,6 +517,7 @@ class Outbox:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 self._acked_retry = acked
+        self._was_full = True
         return ids_out, "disk full: event class shed", delivered, shed, True
 
     def _reload_counts(self, conn: sqlite3.Connection) -> None:
