@@ -66,3 +66,19 @@ class UpEvent:
         if not KIND_PATTERN.match(kind):
             raise ValueError(f"event kind {kind!r} is not a valid topic segment")
         return cls(kind=kind, data=data, ts=ts, priority=priority_of(kind))
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """One resolved advert: an opted-in shopper or a fixed reference beacon, heard by one scanner.
+
+    Only resolved adverts become sightings: a foreign device never gets this far,
+    so nothing here can identify anyone who did not opt in.
+    """
+
+    subject: str  # shopper id, or the reference beacon's id when ``reference`` is true
+    scanner: str  # "pi" (the gateway's own radio) or the satellite's configured id
+    rssi: float  # dBm as received
+    ts: float  # clock seconds (unix time)
+    tx_power: int | None = None  # measured power at 1 m (dBm) when the frame carries it
+    reference: bool = False  # a fixed reference beacon used for calibration
