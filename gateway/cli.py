@@ -68,6 +68,97 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_token(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway.identity.tokens import token_at
+
+    try:
+        root = bytes.fromhex(args.key)
+    except ValueError:
+        print("--key: not hexadecimal", file=sys.stderr)
+        return 1
+    if len(root) != 32:
+        print(f"--key: a root key is 32 bytes (64 hex digits), got {len(root)}", file=sys.stderr)
+        return 1
+    at = time.time() if args.at is None else args.at
+    if not 0 <= at < 2**32 * 900:
+        print("--at: out of range", file=sys.stderr)
+        return 1
+    print(token_at(root, at).hex())
+    return 0
+
+
+def _cmd_hq_push(args: argparse.Namespace) -> int:
+    import datetime as dt
+    import json
+    from pathlib import Path
+
+    from gateway.hq import tools
+
+    try:
+        doc = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"{args.file}: cannot read JSON: {exc}", file=sys.stderr)
+        return 1
+    now = dt.datetime.now(dt.UTC)
+    salt = None
+    if getattr(args, "loyalty_salt_file", None):
+        salt = Path(args.loyalty_salt_file).read_bytes().strip()
+    try:
+        if args.kind == "profiles":
+            messages = tools.profiles_messages(doc, now, salt)
+        else:
+            messages = tools.consent_messages(doc, now)
+    except (KeyError, TypeError, ValueError) as exc:
+        print(f"{args.file}: {exc!r}", file=sys.stderr)
+        return 1
+    host, _, port = args.broker.rpartition(":")
+    try:
+        pub = tools.Publisher(
+            host or "127.0.0.1",
+            int(port),
+            username=args.username,
+            ca_file=args.ca_file,
+            cert_file=args.cert_file,
+            key_file=args.key_file,
+        )
+    except ConfigError as exc:
+        for path, problem in exc.problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        return 1
+    try:
+        topic = tools.downlink_topic(args.kind, None if args.fleet else args.store)
+        ok = pub.publish_all(topic, messages, args.timeout)
+    finally:
+        pub.close()
+    print(f"{topic}: {ok}/{len(messages)} messages acknowledged")
+    return 0 if ok == len(messages) else 1
+
+
+def _add_hq(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    hq = sub.add_parser("hq", help="HQ tools: publish profiles and consent to stores")
+    hq_sub = hq.add_subparsers(dest="hq_command", required=True, metavar="HQ_COMMAND")
+    for kind, text in (
+        ("profiles", "publish shopper profiles (root keys become day keys here)"),
+        ("consent", "publish consent changes (opt-in, opt-out, scopes)"),
+    ):
+        p = hq_sub.add_parser(f"push-{kind}", help=text)
+        p.add_argument("--file", required=True, help="JSON file (see docs/downlink.md)")
+        target = p.add_mutually_exclusive_group(required=True)
+        target.add_argument("--store", help="the store id to publish to")
+        target.add_argument("--fleet", action="store_true", help="publish to every store")
+        p.add_argument("--broker", default="127.0.0.1:1883", help="HQ broker host:port")
+        p.add_argument("--username", help="password from $STORE_GATEWAY_HQ_PASSWORD")
+        p.add_argument("--ca-file")
+        p.add_argument("--cert-file")
+        p.add_argument("--key-file")
+        p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for PUBACKs")
+        if kind == "profiles":
+            p.add_argument("--loyalty-salt-file", help="the fleet's loyalty salt (for loyalty_ids)")
+        p.set_defaults(func=_cmd_hq_push, kind=kind)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="store-gateway",
@@ -109,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the summary as one JSON object on the last line",
     )
     demo.set_defaults(func=_cmd_demo)
+
+    token = sub.add_parser("token", help="print a shopper's BLE token (CONTRACTS section 2)")
+    token.add_argument("--key", required=True, help="the shopper's 32-byte root key in hex")
+    token.add_argument("--at", type=float, help="unix time (default now)")
+    token.set_defaults(func=_cmd_token)
+
+    _add_hq(sub)
     return parser
 
 

@@ -119,6 +119,26 @@ class SimulationSection(Section):
     max_events: Annotated[int, Field(ge=0)] = 0
 
 
+class DownlinkSection(Section):
+    """HQ -> store messages (profiles, consent, and later kinds)."""
+
+    # CONTRACTS: HQ payloads are at most 128 KiB; anything larger is refused unparsed.
+    max_payload_bytes: Annotated[int, Field(ge=1024, le=128 * 1024)] = 128 * 1024
+    # Rejected messages kept for store IT to inspect (reason and size, never the payload).
+    dead_letters_kept: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
+    # How long applied message ids are remembered to drop redeliveries (days).
+    applied_ids_kept_days: Annotated[float, Field(gt=0, le=365)] = 30
+
+
+class ProfilesSection(Section):
+    """The profile cache: opted-in shoppers this store can recognise."""
+
+    # A bound on the cache; above it the soonest-expiring profiles are dropped.
+    max_shoppers: Annotated[int, Field(ge=1, le=2_000_000)] = 200_000
+    # How often expired profiles and consents are erased (seconds).
+    sweep_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60
+
+
 class GatewayConfig(Section):
     store: StoreSection
     storage: StorageSection = StorageSection()
@@ -128,6 +148,8 @@ class GatewayConfig(Section):
     log: LogSection = LogSection()
     daemon: DaemonSection = DaemonSection()
     simulation: SimulationSection = SimulationSection()
+    downlink: DownlinkSection = DownlinkSection()
+    profiles: ProfilesSection = ProfilesSection()
 
 
 def _secret_key_problems(raw: Any, prefix: str = "") -> list[tuple[str, str]]:

@@ -59,13 +59,18 @@ class UpEvent:
     data: dict[str, Any]
     ts: float
     priority: Priority = field(default=Priority.NORMAL)
+    # The shopper this event identifies, if any: an opt-out erases the shopper's
+    # events that have not reached HQ yet (it is stored beside the row, never sent).
+    subject: str | None = None
 
     @classmethod
-    def of(cls, kind: str, data: dict[str, Any], ts: float) -> UpEvent:
+    def of(
+        cls, kind: str, data: dict[str, Any], ts: float, *, subject: str | None = None
+    ) -> UpEvent:
         """An event of ``kind`` with the class that kind is registered under."""
         if not KIND_PATTERN.match(kind):
             raise ValueError(f"event kind {kind!r} is not a valid topic segment")
-        return cls(kind=kind, data=data, ts=ts, priority=priority_of(kind))
+        return cls(kind=kind, data=data, ts=ts, priority=priority_of(kind), subject=subject)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.client import topic_matches_sub
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -74,7 +75,7 @@ class MqttConnection:
         self._ack_handler: AckHandler | None = None
         # PUBACKs handed from paho's thread to the loop (deque ops are atomic).
         self._acks: collections.deque[tuple[int, bool, int]] = collections.deque()
-        self._message_handler: MessageHandler | None = None
+        self._routes: list[tuple[str, MessageHandler]] = []
         self._on_up: list[Callable[[], Awaitable[None] | None]] = []
         self._subscriptions: list[str] = []
         self._password_env = password_env
@@ -115,7 +116,7 @@ class MqttConnection:
 
     def subscribe(self, topic: str, handler: MessageHandler) -> None:
         """Subscribe (now and after every reconnect); messages reach ``handler`` on the loop."""
-        self._message_handler = handler
+        self._routes.append((topic, handler))
         self._subscriptions.append(topic)
         if self.connected:
             self._client.subscribe(topic, qos=1)
@@ -255,8 +256,11 @@ class MqttConnection:
                 handler(mid, ok, reason)
 
     def _paho_on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        if self._message_handler is not None:
-            self._call(self._message_handler, message.topic, bytes(message.payload))
+        topic = message.topic
+        for pattern, handler in self._routes:
+            if topic_matches_sub(pattern, topic):
+                self._call(handler, topic, bytes(message.payload))
+                return
 
     # -- state (event loop) -------------------------------------------------------
 

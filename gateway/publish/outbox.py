@@ -29,7 +29,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,6 +149,45 @@ class Outbox:
         self._pending.append(_Pending(event, fut))
         self._wake.set()
         return fut
+
+    async def erase_subjects(self, subjects: Collection[str]) -> int:
+        """Erase every event identifying one of ``subjects`` that HQ has not acknowledged.
+
+        Pending events are dropped (their producers get OutboxRejected); committed
+        rows are deleted with ``secure_delete`` on. The writer runs jobs in order,
+        so a commit already handed over runs before this and is erased too.
+        Returns how many events were erased.
+        """
+        wanted = set(subjects)
+        if not wanted:
+            return 0
+        dropped = 0
+        keep: list[_Pending] = []
+        for p in self._pending:
+            if p.event.subject in wanted:
+                dropped += 1
+                if not p.future.done():
+                    p.future.set_exception(OutboxRejected("erased: the shopper opted out"))
+            else:
+                keep.append(p)
+        self._pending = keep
+        names = sorted(wanted)
+
+        def job(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+            conn.execute("BEGIN IMMEDIATE")
+            gone = conn.execute(
+                "DELETE FROM outbox WHERE subject IN (SELECT value FROM json_each(?)) "
+                "RETURNING priority, size",
+                (json.dumps(names),),
+            ).fetchall()
+            conn.execute("COMMIT")
+            return [(int(p), int(n)) for p, n in gone]
+
+        gone = await self.writer.run(job)
+        self._forget(gone)
+        if self.depth() == 0:
+            self._ledger.oldest_at = None
+        return dropped + len(gone)
 
     # -- consumers (the HQ link) --------------------------------------------------
 
@@ -330,7 +369,7 @@ class Outbox:
         shed: dict[str, int],
     ) -> tuple[list[str | None], int]:
         led = self._ledger
-        rows: list[tuple[int, str, int, float, int, bytes]] = []
+        rows: list[tuple[int, str, int, float, int, bytes, str | None]] = []
         ids: list[str | None] = []
         seq = led.next_seq
         now = self.clock.wall()
@@ -348,15 +387,15 @@ class Outbox:
                 separators=(",", ":"),
                 ensure_ascii=False,
             ).encode()
-            rows.append((seq, ev.kind, int(ev.priority), now, len(payload), payload))
+            rows.append((seq, ev.kind, int(ev.priority), now, len(payload), payload, ev.subject))
             ids.append(ident)
             seq += 1
         conn.execute("BEGIN IMMEDIATE")
         gone = self._delete_acked(conn, acked)
         if rows:
             conn.executemany(
-                "INSERT INTO outbox (seq, kind, priority, created_at, size, payload) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO outbox (seq, kind, priority, created_at, size, payload, subject) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             conn.execute(

@@ -24,3 +24,16 @@ def hq_down(store: str, kind: str = "+") -> str:
 def fleet_down(kind: str = "+") -> str:
     """HQ -> every store (``+`` for every kind)."""
     return f"retail/v1/fleet/down/{kind}"
+
+
+FLEET_DOWN_ALL = fleet_down("+")
+ESPRESENSE_DEVICES = "espresense/devices/+/+"
+OMG_BT = "home/+/BTtoMQTT/+"
+
+
+def zone_screen(zone: str) -> str:
+    """Retained content for a zone's public screen (never who is present)."""
+    return f"store/v1/zones/{zone}/screen"
+
+
+ASSOCIATE_ALERTS = "store/v1/associates/alerts"

@@ -64,3 +64,23 @@ def m002_profiles_consent_models(db: Database) -> None:
         {"id": int, "source": str, "reason": str, "received_at": float, "size": int},
         pk="id",
     )
+
+
+@migrations()
+def m003_shoppers(db: Database) -> None:
+    # Who an outbox row identifies (never sent): an opt-out deletes the shopper's
+    # rows that have not reached HQ yet. NULL for rows that identify nobody.
+    db.execute("ALTER TABLE outbox ADD COLUMN subject TEXT")
+    db.execute("CREATE INDEX outbox_subject ON outbox (subject) WHERE subject IS NOT NULL")
+    # Salted hashes of loyalty numbers -> shopper, for POS loyalty scans.
+    db.execute(
+        "CREATE TABLE loyalty (hash TEXT PRIMARY KEY, shopper_id TEXT NOT NULL) WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX loyalty_shopper ON loyalty (shopper_id)")
+    # Downlink message ids already applied: a redelivered message applies once.
+    db.execute(
+        "CREATE TABLE downlink_applied (message_id TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+        "applied_at REAL NOT NULL) WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX downlink_applied_at ON downlink_applied (applied_at)")
+    db.execute("CREATE INDEX dead_letters_received ON dead_letters (received_at)")

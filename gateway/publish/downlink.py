@@ -1,0 +1,459 @@
+"""HQ -> store messages: validate, apply once, dead-letter the rest.
+
+Subscribes to ``retail/v1/stores/{store}/down/{kind}`` and
+``retail/v1/fleet/down/{kind}``. Every payload is size-capped before it is
+parsed and validated against a strict schema (``v: 1``, a message ``id``,
+unknown keys rejected). A message applies entirely, in one transaction, or not
+at all: a bad one goes to the ``dead_letters`` table with its reason and a
+health count, never a crash. Message ids already applied are remembered, so a
+redelivery (QoS 1, or HQ re-sending) applies once.
+
+Dead-letter reasons name the field path and the kind of problem, never a value
+from the payload: a rejected message may carry personal data.
+
+Kinds handled now: ``profiles`` and ``consent``. Opt-out (and a profile delete,
+or expiry) erases the shopper: rows, keys, loyalty hashes, not-yet-sent outbox
+events, and the in-memory resolvers, then truncates the WAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.clock import Clock
+from gateway.config import DownlinkSection, ProfilesSection
+from gateway.events import UpEvent
+from gateway.identity.shoppers import SCOPES, Consent, EidTag, Profile
+from gateway.log import get_logger
+from gateway.publish import topics
+from gateway.publish.mqtt import MqttConnection
+from gateway.publish.outbox import Outbox
+from gateway.storage import profiles as profile_rows
+from gateway.storage.store import SqliteWriter
+
+# More entries than this in one message is an HQ bug or an attack, not a sync
+# (a store holds ~100k shoppers; HQ sends deltas in pages).
+MAX_ENTRIES = 5000
+# Opaque attributes a later stage may need (segments, features); kept small.
+MAX_ATTRIBUTES_BYTES = 8 * 1024
+# Received-but-unprocessed messages; HQ traffic is small, this bounds a flood.
+MAX_QUEUED = 10_000
+KNOWN_KINDS = ("profiles", "consent")
+
+ShopperId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")]
+MessageId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Hex32 = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+DayStr = Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+Scope = Literal["presence", "associate_assist", "screens", "kiosk", "analytics"]
+assert set(SCOPES) == set(Scope.__args__)  # type: ignore[attr-defined]
+UnixTime = Annotated[float, Field(ge=0, le=1e11)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class EidTagIn(_Strict):
+    tag: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+    identity_key: Hex32
+    k: Annotated[int, Field(ge=0, le=15)]
+    epoch_offset_s: Annotated[int, Field(ge=0, le=2**40)]
+
+
+class ConsentIn(_Strict):
+    scopes: Annotated[list[Scope], Field(min_length=1, max_length=len(SCOPES))]
+    expires_at: UnixTime
+
+
+class ProfileUpsert(_Strict):
+    shopper: ShopperId
+    expires_at: UnixTime
+    day_keys: Annotated[dict[DayStr, Hex64], Field(max_length=3)] = {}
+    eid_tags: Annotated[list[EidTagIn], Field(max_length=4)] = []
+    loyalty_hashes: Annotated[list[Hex64], Field(max_length=8)] = []
+    consent: ConsentIn | None = None
+    attributes: dict[str, Any] = {}
+
+    @field_validator("day_keys")
+    @classmethod
+    def _real_dates(cls, value: dict[str, str]) -> dict[str, str]:
+        for day in value:
+            dt.date.fromisoformat(day)  # ValueError -> a validation error
+        return value
+
+    @field_validator("attributes")
+    @classmethod
+    def _small(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(value, separators=(",", ":"))) > MAX_ATTRIBUTES_BYTES:
+            raise ValueError("attributes too large")
+        return value
+
+
+class ProfilesMessage(_Strict):
+    v: Literal[1]
+    id: MessageId
+    issued_at: UnixTime | None = None
+    upserts: Annotated[list[ProfileUpsert], Field(max_length=MAX_ENTRIES)] = []
+    deletes: Annotated[list[ShopperId], Field(max_length=MAX_ENTRIES)] = []
+
+
+class ConsentChange(_Strict):
+    shopper: ShopperId
+    action: Literal["opt_in", "opt_out", "scopes"]
+    scopes: Annotated[list[Scope], Field(max_length=len(SCOPES))] = []
+    expires_at: UnixTime | None = None
+    at: UnixTime | None = None
+
+    @field_validator("scopes")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("scopes repeat")
+        return value
+
+
+class ConsentMessage(_Strict):
+    v: Literal[1]
+    id: MessageId
+    issued_at: UnixTime | None = None
+    changes: Annotated[list[ConsentChange], Field(min_length=1, max_length=MAX_ENTRIES)]
+
+
+SCHEMAS: dict[str, type[_Strict]] = {"profiles": ProfilesMessage, "consent": ConsentMessage}
+_FIELD_NAMES = frozenset(
+    name
+    for model in (
+        ProfilesMessage,
+        ProfileUpsert,
+        EidTagIn,
+        ConsentIn,
+        ConsentMessage,
+        ConsentChange,
+    )
+    for name in model.model_fields
+)
+
+
+class Rejected(Exception):
+    """A downlink message that will not be applied; ``reason`` is safe to store and log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _safe_loc(loc: tuple[Any, ...]) -> str:
+    # Dict keys in a location are payload data (a day, an attribute name): mask them.
+    parts = [str(p) if isinstance(p, int) or p in _FIELD_NAMES else "*" for p in loc]
+    return ".".join(parts) or "(message)"
+
+
+def decode(kind: str, payload: bytes, max_bytes: int) -> _Strict:
+    """The validated message, or Rejected with a reason that quotes no payload data."""
+    if kind not in SCHEMAS:
+        raise Rejected(
+            f"kind {kind!r} is not handled by this gateway version"
+            if kind.isidentifier() and len(kind) <= 32
+            else "unknown kind"
+        )
+    if len(payload) > max_bytes:
+        raise Rejected(f"payload of {len(payload)} bytes exceeds the {max_bytes}-byte cap")
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Rejected(f"not JSON ({type(exc).__name__})") from None
+    except RecursionError:
+        raise Rejected("not JSON (nested too deeply)") from None
+    if not isinstance(doc, dict):
+        raise Rejected("not a JSON object")
+    if doc.get("v") != 1:
+        raise Rejected("unsupported or missing version (want v: 1)")
+    try:
+        return SCHEMAS[kind].model_validate(doc)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        first = "; ".join(f"{_safe_loc(e['loc'])}: {e['type']}" for e in errors[:3])
+        more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise Rejected(f"schema: {first}{more}") from None
+    except RecursionError:
+        raise Rejected("schema: nested too deeply") from None
+
+
+def to_profile(u: ProfileUpsert) -> Profile:
+    return Profile(
+        shopper=u.shopper,
+        expires_at=u.expires_at,
+        day_keys={day: bytes.fromhex(key) for day, key in u.day_keys.items()},
+        eid_tags=tuple(
+            EidTag(t.tag, bytes.fromhex(t.identity_key), t.k, t.epoch_offset_s) for t in u.eid_tags
+        ),
+        loyalty_hashes=tuple(u.loyalty_hashes),
+        attributes=u.attributes,
+    )
+
+
+class Changes:
+    """What one batch of messages changed, for the in-memory directory."""
+
+    def __init__(self) -> None:
+        self.profiles: dict[str, Profile] = {}
+        self.consents: dict[str, Consent] = {}
+        self.erased: set[str] = set()
+
+    def upsert_profile(self, p: Profile) -> None:
+        self.erased.discard(p.shopper)
+        self.profiles[p.shopper] = p
+
+    def set_consent(self, c: Consent) -> None:
+        self.erased.discard(c.shopper)
+        self.consents[c.shopper] = c
+
+    def erase(self, shopper: str) -> None:
+        self.profiles.pop(shopper, None)
+        self.consents.pop(shopper, None)
+        self.erased.add(shopper)
+
+    def __bool__(self) -> bool:
+        return bool(self.profiles or self.consents or self.erased)
+
+
+# (profiles, consents, erased) after a batch is committed.
+ChangeListener = Callable[[Changes], None]
+
+
+class Downlink:
+    """Receives HQ's downlink on the HQ connection and applies it through the writer."""
+
+    def __init__(
+        self,
+        conn: MqttConnection,
+        store_id: str,
+        writer: SqliteWriter,
+        outbox: Outbox,
+        clock: Clock,
+        cfg: DownlinkSection,
+        profiles_cfg: ProfilesSection,
+    ) -> None:
+        self.conn = conn
+        self.store_id = store_id
+        self.writer = writer
+        self.outbox = outbox
+        self.clock = clock
+        self.cfg = cfg
+        self.profiles_cfg = profiles_cfg
+        self._queue: collections.deque[tuple[str, bytes, float]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._listeners: list[ChangeListener] = []
+        self._log = get_logger("downlink")
+        self.received = 0
+        self.applied = 0
+        self.duplicates = 0
+        self.dead_lettered: collections.Counter[str] = collections.Counter()
+        self.overflowed = 0
+        self.erased_total = 0
+        self.last_erase_ms = 0.0
+        self.store_counts: dict[str, Any] = {}
+        conn.subscribe(topics.hq_down(store_id, "+"), self._on_message)
+        conn.subscribe(topics.FLEET_DOWN_ALL, self._on_message)
+
+    def on_change(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "applied": self.applied,
+            "duplicates": self.duplicates,
+            "dead_lettered": sum(self.dead_lettered.values()),
+            "dead_letter_reasons": dict(self.dead_lettered.most_common(5)),
+            "overflowed": self.overflowed,
+            "queued": len(self._queue),
+            "erased_shoppers": self.erased_total,
+            "last_erase_ms": round(self.last_erase_ms, 1),
+            **self.store_counts,
+        }
+
+    def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
+        return {"downlink": self._run(), "profile-expiry": self._expiry_loop()}
+
+    # -- receive (event loop) -----------------------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        self.received += 1
+        kind = topic.rsplit("/", 1)[-1]
+        if len(self._queue) >= MAX_QUEUED:
+            # QoS 1 already acknowledged by paho: count it loudly; HQ must re-send.
+            self.overflowed += 1
+            self._log.error("downlink_queue_full", kind=kind[:32], size=len(payload))
+            return
+        self._queue.append((kind, payload, self.clock.wall()))
+        self._wake.set()
+
+    # -- apply ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), 500))]
+                await self.apply_batch(batch)
+
+    async def apply_batch(self, batch: list[tuple[str, bytes, float]]) -> Changes:
+        """Validate and apply ``(kind, payload, received_at)`` messages in one transaction."""
+        valid: list[tuple[str, _Strict, float]] = []
+        dead: list[tuple[str, str, float, int]] = []
+        for kind, payload, received_at in batch:
+            try:
+                valid.append((kind, decode(kind, payload, self.cfg.max_payload_bytes), received_at))
+            except Rejected as exc:
+                dead.append((kind[:32], exc.reason, received_at, len(payload)))
+        now = self.clock.wall()
+        started = time.perf_counter()
+        result = await self.writer.run(lambda conn: self._apply_job(conn, valid, dead, now))
+        changes, applied, duplicates, acks, counts = result
+        self.applied += applied
+        self.duplicates += duplicates
+        self.store_counts = counts
+        for kind, reason, _, size in dead:
+            self.dead_lettered[reason.split(":", 1)[0]] += 1
+            self._log.warning("downlink_dead_lettered", kind=kind, reason=reason, size=size)
+        if changes.erased:
+            erased_rows = await self.outbox.erase_subjects(changes.erased)
+            await self.writer.run(profile_rows.purge_wal)
+            self.erased_total += len(changes.erased)
+            self.last_erase_ms = (time.perf_counter() - started) * 1000
+            self._log.info(
+                "shoppers_erased",
+                count=len(changes.erased),
+                outbox_rows=erased_rows,
+                took_ms=round(self.last_erase_ms, 1),
+            )
+        if changes:
+            for listener in self._listeners:
+                listener(changes)
+        for ack in acks:
+            self.outbox.enqueue(UpEvent.of("consent", ack, now))
+        return changes
+
+    def _apply_job(
+        self,
+        conn: sqlite3.Connection,
+        valid: list[tuple[str, _Strict, float]],
+        dead: list[tuple[str, str, float, int]],
+        now: float,
+    ) -> tuple[Changes, int, int, list[dict[str, Any]], dict[str, Any]]:
+        changes = Changes()
+        applied = duplicates = 0
+        acks: list[dict[str, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for kind, msg, _received in valid:
+            seen = conn.execute(
+                "INSERT OR IGNORE INTO downlink_applied (message_id, kind, applied_at) "
+                "VALUES (?, ?, ?)",
+                (msg.id, kind, now),  # type: ignore[attr-defined]
+            ).rowcount
+            if not seen:
+                duplicates += 1
+                continue
+            applied += 1
+            if isinstance(msg, ProfilesMessage):
+                self._apply_profiles(conn, msg, changes, now)
+            elif isinstance(msg, ConsentMessage):
+                acks.append(self._apply_consent(conn, msg, changes, now))
+        if changes.erased:
+            profile_rows.erase_shoppers(conn, changes.erased)
+        for shopper in profile_rows.evict_over_cap(conn, self.profiles_cfg.max_shoppers):
+            changes.profiles.pop(shopper, None)
+            changes.erased.add(shopper)
+        conn.executemany(
+            "INSERT INTO dead_letters (source, reason, received_at, size) VALUES (?, ?, ?, ?)",
+            dead,
+        )
+        if dead:
+            conn.execute(
+                "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?",
+                (self.cfg.dead_letters_kept,),
+            )
+        conn.execute(
+            "DELETE FROM downlink_applied WHERE applied_at < ?",
+            (now - self.cfg.applied_ids_kept_days * 86400,),
+        )
+        conn.execute("COMMIT")
+        return changes, applied, duplicates, acks, profile_rows.counts(conn)
+
+    def _apply_profiles(
+        self, conn: sqlite3.Connection, msg: ProfilesMessage, changes: Changes, now: float
+    ) -> None:
+        fresh = [to_profile(u) for u in msg.upserts if u.expires_at > now]
+        profile_rows.upsert_profiles(conn, fresh, now)
+        for p in fresh:
+            changes.upsert_profile(p)
+        consents = [
+            Consent(u.shopper, frozenset(u.consent.scopes), u.consent.expires_at)
+            for u in msg.upserts
+            if u.consent is not None and u.expires_at > now
+        ]
+        profile_rows.upsert_consent(conn, consents, now)
+        for c in consents:
+            changes.set_consent(c)
+        for shopper in msg.deletes:
+            changes.erase(shopper)
+
+    def _apply_consent(
+        self, conn: sqlite3.Connection, msg: ConsentMessage, changes: Changes, now: float
+    ) -> dict[str, Any]:
+        counts = collections.Counter[str]()
+        for ch in msg.changes:
+            counts[ch.action] += 1
+            if ch.action == "opt_out" or (ch.action == "scopes" and not ch.scopes):
+                changes.erase(ch.shopper)
+                continue
+            expires = ch.expires_at if ch.expires_at is not None else now + 365 * 86400
+            c = Consent(ch.shopper, frozenset(ch.scopes), expires)
+            profile_rows.upsert_consent(conn, [c], now)
+            changes.set_consent(c)
+        # The receipt HQ keeps as its legal record: which message, applied when.
+        # It names no shopper: HQ knows who was in its own message.
+        return {"message": msg.id, "applied_at": now, "changes": dict(counts)}
+
+    # -- expiry --------------------------------------------------------------------
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.profiles_cfg.sweep_interval_s)
+            await self.sweep_expired()
+
+    async def sweep_expired(self) -> int:
+        """Erase shoppers whose profile or consent expired; how many."""
+        now = self.clock.wall()
+
+        def job(conn: sqlite3.Connection) -> list[str]:
+            conn.execute("BEGIN IMMEDIATE")
+            gone = profile_rows.expired(conn, now)
+            if gone:
+                profile_rows.erase_shoppers(conn, gone)
+            conn.execute("COMMIT")
+            return gone
+
+        gone = await self.writer.run(job)
+        if gone:
+            changes = Changes()
+            for shopper in gone:
+                changes.erase(shopper)
+            await self.outbox.erase_subjects(changes.erased)
+            await self.writer.run(profile_rows.purge_wal)
+            for listener in self._listeners:
+                listener(changes)
+            self._log.info("profiles_expired", count=len(gone))
+        return len(gone)

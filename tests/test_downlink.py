@@ -1,0 +1,304 @@
+"""The HQ downlink on a real SQLite file: validation, apply-once, dead letters and erasure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.clock import ManualClock
+from gateway.config import BrokerSection, DownlinkSection, OutboxSection, ProfilesSection
+from gateway.events import UpEvent
+from gateway.publish.downlink import Changes, Downlink, Rejected, decode
+from gateway.publish.mqtt import MqttConnection
+from gateway.publish.outbox import Outbox
+from gateway.storage import profiles as profile_rows
+from gateway.storage.store import SqliteWriter
+
+STORE = "s1"
+NOW = 1_795_000_000.0
+MAX = 128 * 1024
+
+
+def make_upsert(shopper: str = "shopper-17", **over: Any) -> dict[str, Any]:
+    """A valid profile upsert with distinctive key bytes that a file search can find."""
+    entry: dict[str, Any] = {
+        "shopper": shopper,
+        "expires_at": NOW + 86400,
+        "day_keys": {"2026-11-18": "ab" * 32, "2026-11-19": "cd" * 32},
+        "loyalty_hashes": ["ef" * 32],
+        "eid_tags": [{"tag": "tag-1", "identity_key": "12" * 16, "k": 10, "epoch_offset_s": 0}],
+        "consent": {"scopes": ["presence", "associate_assist"], "expires_at": NOW + 86400},
+    }
+    entry.update(over)
+    return entry
+
+
+def profiles_msg(msg_id: str = "m1", upserts: list[Any] | None = None, **extra: Any) -> bytes:
+    doc = {"v": 1, "id": msg_id, "upserts": upserts if upserts is not None else [make_upsert()]}
+    doc.update(extra)
+    return json.dumps(doc).encode()
+
+
+def consent_msg(msg_id: str, *changes: dict[str, Any]) -> bytes:
+    return json.dumps({"v": 1, "id": msg_id, "changes": list(changes)}).encode()
+
+
+@dataclass
+class Rig:
+    downlink: Downlink
+    outbox: Outbox
+    writer: SqliteWriter
+    db: Path
+    seen: list[Changes]
+
+
+@contextlib.asynccontextmanager
+async def open_rig(db: Path, **profiles: Any) -> AsyncIterator[Rig]:
+    """A writer, an outbox with its commit loop, and a downlink (no broker: fed directly)."""
+    writer = SqliteWriter(db, ballast_mb=0)
+    writer.start()
+    clock = ManualClock(wall=NOW)
+    outbox = Outbox(writer, STORE, OutboxSection(), clock)
+    await outbox.open()
+    task = asyncio.create_task(outbox.run())
+    conn = MqttConnection("hq", BrokerSection(), client_id="t", password_env="UNUSED_ENV")  # noqa: S106 - an env name
+    dl = Downlink(
+        conn, STORE, writer, outbox, clock, DownlinkSection(), ProfilesSection(**profiles)
+    )
+    seen: list[Changes] = []
+    dl.on_change(seen.append)
+    try:
+        yield Rig(dl, outbox, writer, db, seen)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        writer.close()
+
+
+def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(str(db))
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def file_bytes(db: Path) -> bytes:
+    """The database file and its WAL, as a search for leftover personal data sees them."""
+    data = db.read_bytes()
+    wal = db.with_name(db.name + "-wal")
+    if wal.exists():
+        data += wal.read_bytes()
+    return data
+
+
+def test_profiles_apply_and_survive_a_restart(tmp_path: Path) -> None:
+    """A valid profiles message lands in the cache and is there again after a restart."""
+
+    async def scenario() -> None:
+        async with open_rig(tmp_path / "g.db") as rig:
+            await rig.downlink.apply_batch([("profiles", profiles_msg(), NOW)])
+            assert "shopper-17" in rig.seen[-1].profiles
+            assert rig.seen[-1].consents["shopper-17"].active(NOW)
+        async with open_rig(tmp_path / "g.db") as rig:
+            profiles, consents = await rig.writer.run(profile_rows.load_all)
+            assert [p.shopper for p in profiles] == ["shopper-17"]
+            assert profiles[0].day_keys["2026-11-18"] == bytes.fromhex("ab" * 32)
+            assert profiles[0].eid_tags[0].k == 10
+            assert consents[0].scopes == {"presence", "associate_assist"}
+
+    asyncio.run(scenario())
+    assert query(tmp_path / "g.db", "SELECT hash, shopper_id FROM loyalty") == [
+        ("ef" * 32, "shopper-17")
+    ]
+
+
+def test_a_redelivered_message_applies_once(tmp_path: Path) -> None:
+    """The same message id twice (QoS 1 redelivery) is applied once and counted as duplicate."""
+
+    async def scenario() -> None:
+        async with open_rig(tmp_path / "g.db") as rig:
+            msg = profiles_msg("same-id")
+            await rig.downlink.apply_batch([("profiles", msg, NOW), ("profiles", msg, NOW)])
+            await rig.downlink.apply_batch([("profiles", msg, NOW)])
+            assert rig.downlink.applied == 1
+            assert rig.downlink.duplicates == 2
+
+    asyncio.run(scenario())
+
+
+BAD_MESSAGES: list[tuple[str, str, bytes]] = [
+    ("garbage", "profiles", b"\x00\xff\xfe garbage"),
+    ("truncated", "profiles", profiles_msg()[:-7]),
+    ("huge", "profiles", b'{"v":1,"id":"x","pad":"' + b"a" * (MAX + 10) + b'"}'),
+    ("not an object", "profiles", b"[1,2,3]"),
+    ("wrong version", "profiles", profiles_msg(v=2)),
+    ("unknown key", "profiles", profiles_msg(extra_field=1)),
+    ("bad key hex", "profiles", profiles_msg(upserts=[make_upsert(day_keys={"2026-11-18": "zz"})])),
+    (
+        "impossible date",
+        "profiles",
+        profiles_msg(upserts=[make_upsert(day_keys={"2026-02-31": "ab" * 32})]),
+    ),
+    (
+        "hostile shopper id",
+        "profiles",
+        profiles_msg(upserts=[make_upsert(shopper="../../etc/passwd")]),
+    ),
+    ("nan expiry", "profiles", profiles_msg(upserts=[make_upsert(expires_at=float("nan"))])),
+    ("bool as number", "profiles", profiles_msg(upserts=[make_upsert(expires_at=True)])),
+    (
+        "too many entries",
+        "profiles",
+        profiles_msg(upserts=[make_upsert(f"s{i}") for i in range(5001)]),
+    ),
+    (
+        "deep nesting",
+        "profiles",
+        b'{"v":1,"id":"d","attributes":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ),
+    (
+        "unknown scope",
+        "consent",
+        consent_msg("c", {"shopper": "a", "action": "opt_in", "scopes": ["spy"]}),
+    ),
+    ("no changes", "consent", consent_msg("c")),
+    ("unknown kind", "teleport", profiles_msg()),
+]
+
+
+def test_bad_messages_are_dead_lettered_with_a_reason(tmp_path: Path) -> None:
+    """Every kind of bad message goes to dead_letters with a reason; valid ones around it apply."""
+
+    async def scenario() -> None:
+        async with open_rig(tmp_path / "g.db") as rig:
+            batch = [(kind, payload, NOW) for _, kind, payload in BAD_MESSAGES]
+            batch.insert(5, ("profiles", profiles_msg("good-1", [make_upsert("good-a")]), NOW))
+            batch.append(("profiles", profiles_msg("good-2", [make_upsert("good-b")]), NOW))
+            changes = await rig.downlink.apply_batch(batch)
+            assert set(changes.profiles) == {"good-a", "good-b"}
+            assert rig.downlink.stats()["dead_lettered"] == len(BAD_MESSAGES)
+
+    asyncio.run(scenario())
+    rows = query(tmp_path / "g.db", "SELECT source, reason, size FROM dead_letters ORDER BY id")
+    assert len(rows) == len(BAD_MESSAGES)
+    for (name, _, payload), (_, reason, size) in zip(BAD_MESSAGES, rows, strict=True):
+        assert reason, name
+        assert size == len(payload), name
+    # A reason never quotes the payload (it may carry personal data).
+    assert not any("etc/passwd" in r[1] or "spy" in r[1] or "zz" in r[1] for r in rows)
+
+
+OTHER = make_upsert(
+    "other-9",
+    day_keys={"2026-11-18": "77" * 32},
+    loyalty_hashes=["88" * 32],
+    eid_tags=[{"tag": "tag-9", "identity_key": "99" * 16, "k": 10, "epoch_offset_s": 0}],
+)
+
+
+def test_opt_out_erases_rows_keys_hashes_and_unsent_events(tmp_path: Path) -> None:
+    """After an opt-out nothing in the file or its WAL names the shopper or holds their keys."""
+    db = tmp_path / "g.db"
+
+    async def scenario() -> None:
+        async with open_rig(db) as rig:
+            await rig.downlink.apply_batch(
+                [("profiles", profiles_msg("p", [make_upsert(), OTHER]), NOW)]
+            )
+            for i in range(50):
+                await rig.outbox.put(
+                    UpEvent.of(
+                        "presence", {"shopper": "shopper-17", "i": i}, NOW, subject="shopper-17"
+                    )
+                )
+                await rig.outbox.put(
+                    UpEvent.of("presence", {"shopper": "other-9", "i": i}, NOW, subject="other-9")
+                )
+            before = rig.outbox.depth()
+            opt_out = {"shopper": "shopper-17", "action": "opt_out"}
+            changes = await rig.downlink.apply_batch([("consent", consent_msg("c1", opt_out), NOW)])
+            assert changes.erased == {"shopper-17"}
+            assert rig.outbox.depth() == before - 50
+            await rig.outbox.flush()
+
+    asyncio.run(scenario())
+    data = file_bytes(db)
+    for needle in (
+        b"shopper-17",
+        bytes.fromhex("ab" * 32),
+        b"ab" * 32,
+        b"cd" * 32,
+        b"ef" * 32,
+        b"12" * 16,
+    ):
+        assert needle not in data, needle
+    assert b"other-9" in data  # the other shopper is untouched
+    assert query(db, "SELECT count(*) FROM outbox WHERE subject='other-9'") == [(50,)]
+
+
+def test_profile_cache_is_bounded(tmp_path: Path) -> None:
+    """Above max_shoppers the soonest-expiring profiles are evicted and reported as gone."""
+
+    async def scenario() -> None:
+        async with open_rig(tmp_path / "g.db", max_shoppers=10) as rig:
+            ups = [make_upsert(f"s{i}", expires_at=NOW + 1000 + i) for i in range(15)]
+            changes = await rig.downlink.apply_batch([("profiles", profiles_msg("b", ups), NOW)])
+            assert changes.erased == {f"s{i}" for i in range(5)}
+            assert rig.downlink.stats()["profiles"] == 10
+
+    asyncio.run(scenario())
+
+
+def test_expired_consent_erases_the_shopper(tmp_path: Path) -> None:
+    """When a consent expires the sweep erases the shopper as an opt-out would."""
+
+    async def scenario() -> None:
+        async with open_rig(tmp_path / "g.db") as rig:
+            up = make_upsert(consent={"scopes": ["presence"], "expires_at": NOW + 60})
+            await rig.downlink.apply_batch([("profiles", profiles_msg("e", [up]), NOW)])
+            rig.downlink.clock.advance(61)  # type: ignore[attr-defined]
+            assert await rig.downlink.sweep_expired() == 1
+            assert rig.seen[-1].erased == {"shopper-17"}
+
+    asyncio.run(scenario())
+    assert query(tmp_path / "g.db", "SELECT count(*) FROM profiles") == [(0,)]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    kind=st.sampled_from(["profiles", "consent", "model", "x"]),
+    payload=st.one_of(
+        st.binary(max_size=300),
+        json_values.map(lambda v: json.dumps(v).encode()),
+        st.dictionaries(
+            st.sampled_from(["v", "id", "upserts", "deletes", "changes", "issued_at"]),
+            json_values,
+        ).map(lambda d: json.dumps({"v": 1, **d}).encode()),
+    ),
+)
+def test_decode_never_raises_anything_but_rejected(kind: str, payload: bytes) -> None:
+    """Arbitrary bytes and JSON shapes either validate or raise Rejected, nothing else."""
+    try:
+        decode(kind, payload, MAX)
+    except Rejected as exc:
+        assert exc.reason
