@@ -66,3 +66,16 @@ def test_every_health_field_is_documented(tmp_path: Path) -> None:
     missing = [f for f in fields if f"`{f}`" not in text and f"`{f.split('.')[-1]}`" not in text
                and f"`{f}" not in text]
     assert missing == []
+
+
+def test_asyncapi_downlink_schemas_match_the_code() -> None:
+    """The downlink payload schemas in docs/asyncapi.json are the ones the gateway enforces."""
+    import json
+
+    from gateway.publish.downlink import SCHEMAS
+
+    doc = json.loads((DOCS / "asyncapi.json").read_text())
+    for kind, model in SCHEMAS.items():
+        for topic in (f"retail/v1/stores/{{store}}/down/{kind}", f"retail/v1/fleet/down/{kind}"):
+            payload = doc["channels"][topic]["publish"]["message"]["payload"]
+            assert payload == json.loads(json.dumps(model.model_json_schema())), topic
