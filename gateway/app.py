@@ -22,6 +22,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.errors import StorageError
 from gateway.log import get_logger
+from gateway.publish.downlink import Downlink
 from gateway.publish.hq_link import HqLink
 from gateway.publish.local_bus import LocalBus
 from gateway.publish.outbox import Outbox
@@ -66,6 +67,19 @@ class Gateway:
             if cfg.hq.enabled
             else None
         )
+        self.downlink: Downlink | None = (
+            Downlink(
+                self.hq.conn,
+                cfg.store.id,
+                self.writer,
+                self.outbox,
+                self.clock,
+                cfg.downlink,
+                cfg.profiles,
+            )
+            if self.hq is not None
+            else None
+        )
         self.bus = LocalBus(cfg.store_broker, cfg.store.id, self.clock, self.health)
         self.simulation = ScriptedEventSource(cfg.simulation, self.clock, self.outbox.enqueue)
 
@@ -95,6 +109,8 @@ class Gateway:
             },
             "watchdog_pings": self.watchdog_pings,
         }
+        if self.downlink is not None:
+            doc["downlink"] = self.downlink.stats()
         if self.cfg.simulation.events_per_s > 0:
             doc["simulation"] = {
                 "produced": self.simulation.produced,
@@ -127,6 +143,8 @@ class Gateway:
             }
             if self.hq is not None:
                 tasks.update(self.hq.tasks())
+            if self.downlink is not None:
+                tasks.update(self.downlink.tasks())
             self.notifier.ready(status=f"store {self.cfg.store.id} running")
             self.log.info("gateway_ready", tasks=sorted(tasks))
             try:
