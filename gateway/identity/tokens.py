@@ -1,0 +1,115 @@
+"""Shopper tokens (CONTRACTS section 2): day keys, the token of a window, the lookup table.
+
+A shopper's app derives ``day_key = HKDF-SHA256(root_key, info="store-gateway/day/"
++ "YYYY-MM-DD")`` and broadcasts ``HMAC-SHA256(day_key, b"tok1" || window)[:8]``
+for ``window = floor(unix / 900)``. A store holds day keys only (today and
+tomorrow), so it can compute every opted-in shopper's token ahead of time: the
+``TokenTable`` maps the tokens of windows w-1, w and w+1 to shopper ids, and
+resolving an advert is one dict lookup. The table for the next window is
+computed off the event loop before the window changes (``build_table``) and
+swapped in whole.
+
+Pure: no asyncio, no I/O; time comes in as a parameter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+from collections.abc import Iterable, Mapping
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+WINDOW_S = 900
+TOKEN_BYTES = 8
+DAY_KEY_BYTES = 32
+ROOT_KEY_BYTES = 32
+# Windows either side of now that still resolve: a phone's clock may be a few
+# minutes off, and BlueZ reports the merged device state, so an advert may carry
+# the previous window's token for a moment after the change (REFERENCE.md).
+WINDOW_SLACK = 1
+_DAY_INFO = b"store-gateway/day/"
+_TOKEN_PREFIX = b"tok1"
+_EPOCH = dt.date(1970, 1, 1)
+
+
+def day_key(root_key: bytes, day: dt.date) -> bytes:
+    """The 32-byte key of ``day`` (UTC) for a shopper's root key."""
+    if len(root_key) != ROOT_KEY_BYTES:
+        raise ValueError(f"a root key is {ROOT_KEY_BYTES} bytes, not {len(root_key)}")
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(),
+        length=DAY_KEY_BYTES,
+        salt=None,  # RFC 5869: no salt = HashLen zero bytes, the same as "salt=empty"
+        info=_DAY_INFO + day.isoformat().encode("ascii"),
+    )
+    return hkdf.derive(root_key)
+
+
+def window_of(unix_s: float) -> int:
+    """The token window (15 minutes) that contains ``unix_s``."""
+    return int(unix_s // WINDOW_S)
+
+
+def day_of_window(window: int) -> str:
+    """The UTC date ("YYYY-MM-DD") a window lies in (96 windows a day, none straddles)."""
+    return (_EPOCH + dt.timedelta(days=(window * WINDOW_S) // 86_400)).isoformat()
+
+
+def token(day_key_: bytes, window: int) -> bytes:
+    """The 8-byte token of ``window`` under a day key."""
+    return hmac.digest(day_key_, _TOKEN_PREFIX + window.to_bytes(4, "big"), "sha256")[:TOKEN_BYTES]
+
+
+def token_at(root_key: bytes, unix_s: float) -> bytes:
+    """What a shopper's app broadcasts at ``unix_s`` (the ``store-gateway token`` command)."""
+    window = window_of(unix_s)
+    day = dt.date.fromisoformat(day_of_window(window))
+    return token(day_key(root_key, day), window)
+
+
+def build_table(
+    keys: Iterable[tuple[str, Mapping[str, bytes]]], center_window: int
+) -> dict[bytes, str]:
+    """Tokens of windows ``center_window`` ± ``WINDOW_SLACK`` for every shopper -> shopper id.
+
+    ``keys`` yields (shopper, day keys by "YYYY-MM-DD"); a window whose day the
+    shopper has no key for is skipped (that shopper cannot be recognised then).
+    Costs one HMAC per shopper and window: run it off the event loop.
+    """
+    windows = [
+        (w, day_of_window(w), _TOKEN_PREFIX + w.to_bytes(4, "big"))
+        for w in range(center_window - WINDOW_SLACK, center_window + WINDOW_SLACK + 1)
+    ]
+    digest = hmac.digest
+    table: dict[bytes, str] = {}
+    for shopper, day_keys in keys:
+        for _w, day, msg in windows:
+            key = day_keys.get(day)
+            if key is not None:
+                table[digest(key, msg, "sha256")[:TOKEN_BYTES]] = shopper
+    return table
+
+
+class TokenTable:
+    """The current token -> shopper map, for one window; swapped whole, never edited in place
+    except to drop erased shoppers."""
+
+    __slots__ = ("center_window", "tokens")
+
+    def __init__(self, tokens: dict[bytes, str], center_window: int) -> None:
+        self.tokens = tokens
+        self.center_window = center_window
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def drop(self, shoppers: set[str]) -> int:
+        """Remove every token of ``shoppers`` (opt-out): they stop resolving at once."""
+        if not shoppers:
+            return 0
+        gone = [t for t, s in self.tokens.items() if s in shoppers]
+        for t in gone:
+            del self.tokens[t]
+        return len(gone)
