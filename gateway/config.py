@@ -139,6 +139,70 @@ class ProfilesSection(Section):
     sweep_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60
 
 
+ScannerId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+ZoneId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+
+
+class BleSection(Section):
+    """The gateway's own Bluetooth radio (bleak on BlueZ)."""
+
+    enabled: bool = False
+    adapter: Annotated[str, Field(pattern=r"^hci[0-9]{1,2}$")] = "hci0"
+    # active: BlueZ asks for scan responses (names); passive: quieter, needs BlueZ
+    # >= 5.56 with --experimental, and or_patterns (built from company_id).
+    mode: Literal["active", "passive"] = "active"
+    # The shopper token's BLE company id (CONTRACTS section 2); 0xFFFF is for development.
+    company_id: Annotated[int, Field(ge=0, le=0xFFFF)] = 0xFFFF
+    # The zone the Pi itself stands in (its radio is scanner "pi").
+    zone: ZoneId = "entrance"
+    # "bluez": the real radio; "replay": simulated shoppers for the demo and tests.
+    backend: Literal["bluez", "replay"] = "bluez"
+    # Watchdog (habluetooth's values, see gateway/sensing/ble.py for why).
+    silent_restart_s: Annotated[float, Field(ge=1, le=3600)] = 90
+    check_interval_s: Annotated[float, Field(ge=0.1, le=600)] = 30
+    restarts_before_reset: Annotated[int, Field(ge=1, le=100)] = 2
+    # Sightings waiting for the presence stage; beyond this BLE sheds (and counts).
+    queue_max: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000
+    # Minutes ahead of a token window change that the next table is built (off the loop).
+    rebuild_ahead_s: Annotated[float, Field(ge=1, le=600)] = 60
+
+
+class SatelliteSection(Section):
+    """An ESP32 satellite reporting to the store broker, and the zone it stands in."""
+
+    id: ScannerId  # the ESPresense room name, or the OpenMQTTGateway gateway name
+    firmware: Literal["espresense", "openmqttgateway"]
+    zone: ZoneId
+
+
+class ReferenceBeaconSection(Section):
+    """A fixed beacon used to calibrate scanners (see firmware_configs/beacons/)."""
+
+    id: ScannerId
+    uuid: Annotated[
+        str,
+        Field(
+            pattern=r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
+            r"[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+        ),
+    ]
+    major: Annotated[int, Field(ge=0, le=65535)]
+    minor: Annotated[int, Field(ge=0, le=65535)]
+    scanner: ScannerId  # the scanner it sits next to
+    expected_rssi_dbm: Annotated[float, Field(ge=-120, le=0)]
+
+
+class PresenceSection(Section):
+    """Zone decisions from smoothed RSSI (see gateway/identity/presence.py for why)."""
+
+    margin_db: Annotated[float, Field(ge=0, le=40)] = 6
+    min_dwell_s: Annotated[float, Field(ge=0, le=600)] = 8
+    dwelled_after_s: Annotated[float, Field(gt=0, le=7200)] = 60
+    left_after_s: Annotated[float, Field(gt=0, le=7200)] = 120
+    # A visit ends this long after the shopper's last signal (any source).
+    visit_gap_s: Annotated[float, Field(gt=0, le=86_400)] = 20 * 60
+
+
 class GatewayConfig(Section):
     store: StoreSection
     storage: StorageSection = StorageSection()
@@ -150,6 +214,19 @@ class GatewayConfig(Section):
     simulation: SimulationSection = SimulationSection()
     downlink: DownlinkSection = DownlinkSection()
     profiles: ProfilesSection = ProfilesSection()
+    ble: BleSection = BleSection()
+    satellites: Annotated[tuple[SatelliteSection, ...], Field(strict=False)] = ()
+    reference_beacons: Annotated[tuple[ReferenceBeaconSection, ...], Field(strict=False)] = ()
+    presence: PresenceSection = PresenceSection()
+
+    @model_validator(mode="after")
+    def _unique_scanners(self) -> GatewayConfig:
+        ids = [s.id for s in self.satellites]
+        if "pi" in ids:
+            raise ValueError("satellites: 'pi' is the gateway's own radio; pick another id")
+        if len(set(ids)) != len(ids):
+            raise ValueError("satellites: ids must be unique")
+        return self
 
 
 def _secret_key_problems(raw: Any, prefix: str = "") -> list[tuple[str, str]]:
