@@ -161,10 +161,20 @@ class BleSection(Section):
     silent_restart_s: Annotated[float, Field(ge=1, le=3600)] = 90
     check_interval_s: Annotated[float, Field(ge=0.1, le=600)] = 30
     restarts_before_reset: Annotated[int, Field(ge=1, le=100)] = 2
+    # Delay before retrying a scanner start that failed (no adapter, BlueZ down); it
+    # doubles up to start_retry_max_s and each is jittered (half to all of the delay).
+    start_retry_min_s: Annotated[float, Field(ge=0.01, le=60)] = 1
+    start_retry_max_s: Annotated[float, Field(ge=0.01, le=600)] = 30
     # Sightings waiting for the presence stage; beyond this BLE sheds (and counts).
     queue_max: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000
-    # Minutes ahead of a token window change that the next table is built (off the loop).
+    # Seconds ahead of a token window change that the next table is built (off the loop).
     rebuild_ahead_s: Annotated[float, Field(ge=1, le=600)] = 60
+
+    @model_validator(mode="after")
+    def _retry(self) -> BleSection:
+        if self.start_retry_min_s > self.start_retry_max_s:
+            raise ValueError("start_retry_min_s must not exceed start_retry_max_s")
+        return self
 
 
 class SatelliteSection(Section):
@@ -195,10 +205,11 @@ class ReferenceBeaconSection(Section):
 class PresenceSection(Section):
     """Zone decisions from smoothed RSSI (see gateway/identity/presence.py for why)."""
 
-    margin_db: Annotated[float, Field(ge=0, le=40)] = 6
-    min_dwell_s: Annotated[float, Field(ge=0, le=600)] = 8
-    dwelled_after_s: Annotated[float, Field(gt=0, le=7200)] = 60
-    left_after_s: Annotated[float, Field(gt=0, le=7200)] = 120
+    # Defaults are PresenceParams' (gateway/identity/presence.py says why each).
+    margin_db: Annotated[float, Field(ge=0, le=40)] = 5
+    min_dwell_s: Annotated[float, Field(ge=0, le=600)] = 6
+    dwelled_after_s: Annotated[float, Field(gt=0, le=7200)] = 30
+    left_after_s: Annotated[float, Field(gt=0, le=7200)] = 60
     # A visit ends this long after the shopper's last signal (any source).
     visit_gap_s: Annotated[float, Field(gt=0, le=86_400)] = 20 * 60
 

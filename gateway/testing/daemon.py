@@ -25,10 +25,17 @@ def toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
-def config_text(sections: dict[str, dict[str, Any]]) -> str:
-    """TOML text for ``{"section": {"key": value}}`` (one level of [a.b] tables)."""
+def config_text(sections: dict[str, Any]) -> str:
+    """TOML text for ``{"section": {"key": value}}`` (one level of [a.b] tables), and
+    ``{"section": [{...}, ...]}`` as an array of tables (``[[section]]``)."""
     out: list[str] = []
     for name, body in sections.items():
+        if isinstance(body, list):
+            for item in body:
+                out.append(f"[[{name}]]")
+                out.extend(f"{k} = {toml_value(v)}" for k, v in item.items())
+                out.append("")
+            continue
         tables = {k: v for k, v in body.items() if isinstance(v, dict)}
         out.append(f"[{name}]")
         out.extend(f"{k} = {toml_value(v)}" for k, v in body.items() if k not in tables)
@@ -40,8 +47,8 @@ def config_text(sections: dict[str, dict[str, Any]]) -> str:
 
 
 def gateway_sections(*, store_id: str, db_path: Path, store_port: int,
-                     hq_port: int | None = None, **overrides: dict[str, Any]
-                     ) -> dict[str, dict[str, Any]]:
+                     hq_port: int | None = None, **overrides: Any
+                     ) -> dict[str, Any]:
     """A config for a test or demo gateway: local brokers, fast reconnects, JSON logs."""
     sections: dict[str, dict[str, Any]] = {
         "store": {"id": store_id},
@@ -54,7 +61,10 @@ def gateway_sections(*, store_id: str, db_path: Path, store_port: int,
         "log": {"format": "json", "level": "info"},
     }
     for name, body in overrides.items():
-        sections.setdefault(name, {}).update(body)
+        if isinstance(body, list):
+            sections[name] = body
+        else:
+            sections.setdefault(name, {}).update(body)
     return sections
 
 

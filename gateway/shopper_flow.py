@@ -1,0 +1,319 @@
+"""The shopper flow: adverts in; opted-in shoppers' zones and visits out.
+
+Every scanner (the Pi's radio, each ESP32 satellite) hands each advert to
+``on_advert``, which resolves it on the spot: an advert that does not resolve
+is counted and dropped before anything keeps it. Resolved adverts become
+``Sighting``s in a bounded queue (BLE may shed, and counts what it sheds); one
+task feeds them to the presence tracker and the visit book, and sends what
+they decide upstream within each shopper's consent (``analytics``). Another
+task keeps the token and EID tables current: rebuilt off the event loop
+``ble.rebuild_ahead_s`` before each 15-minute window change and swapped in at
+the change, and rebuilt soon after HQ changes profiles. An opt-out drops the
+shopper from the tables, the tracker and the visit book at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import time
+from collections.abc import Coroutine, Iterable, Mapping
+from typing import Any
+
+from gateway.clock import Clock
+from gateway.config import GatewayConfig
+from gateway.errors import OutboxRejected
+from gateway.events import Sighting, UpEvent
+from gateway.identity.directory import ShopperDirectory
+from gateway.identity.presence import (
+    PresenceEvent,
+    PresenceParams,
+    PresenceTracker,
+    ReferenceBeacon,
+)
+from gateway.identity.resolver import AdvertResolver, build_eid_table
+from gateway.identity.shoppers import Consent, Profile
+from gateway.identity.tokens import WINDOW_S, build_table, window_of
+from gateway.identity.visits import VisitEvent, VisitParams, VisitTracker
+from gateway.log import get_logger
+
+# The presence tracker's clock: absences, dwells and stale readings are judged
+# once a second (PresenceTracker.tick's own advice).
+TICK_S = 1.0
+# HQ sends profiles in pages of up to 5,000; wait this long after a change
+# before rebuilding so that a burst of pages costs one rebuild, not twenty.
+REBUILD_DEBOUNCE_S = 1.0
+# Sightings handled before the presence task yields to the loop, so that a
+# burst never holds up MQTT and the outbox for more than a few milliseconds.
+BATCH = 512
+# The one "shopper" scope that lets presence and visits go to HQ: knowing
+# where someone walked is analytics (consent scopes: gateway/identity/shoppers.py).
+UPSTREAM_SCOPE = "analytics"
+PI_SCANNER = "pi"
+
+
+def scanner_zones(cfg: GatewayConfig) -> dict[str, str]:
+    """Each scanner id -> its zone: the Pi's radio when enabled, and every satellite."""
+    zones = {PI_SCANNER: cfg.ble.zone} if cfg.ble.enabled else {}
+    zones.update({s.id: s.zone for s in cfg.satellites})
+    return zones
+
+
+class ShopperFlow:
+    """From adverts to presence and visit events, for every scanner in the store."""
+
+    def __init__(self, cfg: GatewayConfig, clock: Clock, outbox: Any) -> None:
+        self.clock = clock
+        self.outbox = outbox
+        self.cfg = cfg
+        self.directory = ShopperDirectory()
+        self.resolver = AdvertResolver(
+            cfg.ble.company_id,
+            {
+                (bytes.fromhex(b.uuid.replace("-", "")), b.major, b.minor): b.id
+                for b in cfg.reference_beacons
+            },
+        )
+        params = PresenceParams(
+            margin_db=cfg.presence.margin_db,
+            min_dwell_s=cfg.presence.min_dwell_s,
+            dwelled_after_s=cfg.presence.dwelled_after_s,
+            left_after_s=cfg.presence.left_after_s,
+        )
+        self.tracker = PresenceTracker(
+            scanner_zones(cfg),
+            params,
+            beacons=[
+                ReferenceBeacon(b.id, b.scanner, b.expected_rssi_dbm) for b in cfg.reference_beacons
+            ],
+        )
+        self.visits = VisitTracker(VisitParams(visit_gap_s=cfg.presence.visit_gap_s))
+        self._queue: collections.deque[Sighting] = collections.deque()
+        self._queue_max = cfg.ble.queue_max
+        self._wake = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._erased_during_build: set[str] = set()
+        self._building = False
+        self._log = get_logger("shoppers")
+        self.shed = 0
+        self.upstream = 0
+        self.upstream_rejected = 0
+        self.table_window: int | None = None
+        self.last_rebuild_ms = 0.0
+        self.rebuilds = 0
+        self.erased = 0
+        self.events: collections.Counter[str] = collections.Counter()
+        # The hot path: ``on_advert(scanner, manufacturer_data, service_data, rssi, ts)``
+        # resolves on the spot and queues only what resolved.
+        self.on_advert = self.resolver.handler(self._accept)
+        # The same for the gateway's own radio, in the scanner's callback shape.
+        self.pi_advert = functools.partial(self.on_advert, PI_SCANNER)
+
+    # -- inputs -----------------------------------------------------------------------
+
+    def _accept(self, sighting: Sighting) -> None:
+        queue = self._queue
+        if len(queue) >= self._queue_max:
+            self.shed += 1
+            return
+        queue.append(sighting)
+        if len(queue) == 1:
+            self._wake.set()
+
+    def load(self, profiles: Iterable[Profile], consents: Iterable[Consent]) -> None:
+        """Start from the profile cache (then ``run`` builds the tables)."""
+        self.directory.load(profiles, consents)
+        self._dirty.set()
+
+    def on_changes(
+        self,
+        profiles: Mapping[str, Profile],
+        consents: Mapping[str, Consent],
+        erased: Iterable[str],
+    ) -> None:
+        """A committed downlink batch: erasures take effect now, the rest at the next rebuild."""
+        now = self.clock.wall()
+        gone = set(erased)
+        # A consent without ``presence`` (or already expired) stops detection at once too.
+        gone |= {s for s, c in consents.items() if not c.active(now)}
+        self.directory.apply(profiles, consents, erased)
+        if gone:
+            self.forget(gone)
+        if profiles or consents:
+            self._dirty.set()
+
+    def forget(self, shoppers: set[str]) -> None:
+        """Opt-out: tokens stop resolving, presence and visits drop the shopper, unsent
+        sightings of theirs are discarded."""
+        self.resolver.forget(shoppers)
+        if self._building:
+            self._erased_during_build |= shoppers
+        for shopper in shoppers:
+            self.tracker.forget(shopper)
+            self.visits.forget(shopper)
+        if self._queue:
+            kept = [s for s in self._queue if s.subject not in shoppers]
+            self._queue.clear()
+            self._queue.extend(kept)
+        self.erased += len(shoppers)
+
+    # -- tasks ------------------------------------------------------------------------
+
+    def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
+        return {"presence": self._presence_loop(), "token-tables": self._table_loop()}
+
+    async def _presence_loop(self) -> None:
+        last_tick = self.clock.monotonic()
+        while True:
+            if not self._queue:
+                try:
+                    async with asyncio.timeout(TICK_S):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            events = self.drain(BATCH)
+            if self.clock.monotonic() - last_tick >= TICK_S:
+                last_tick = self.clock.monotonic()
+                events += self.tracker.tick(self.clock.wall())
+                self._send_visits(self.visits.tick(self.clock.wall()))
+            self.handle(events)
+            if self._queue:
+                await asyncio.sleep(0)
+
+    def drain(self, limit: int) -> list[PresenceEvent]:
+        """Feed up to ``limit`` queued sightings to the tracker; the events they caused."""
+        events: list[PresenceEvent] = []
+        queue = self._queue
+        observe = self.tracker.observe
+        for _ in range(min(limit, len(queue))):
+            out = observe(queue.popleft())
+            if out:
+                events += out
+        return events
+
+    def handle(self, events: list[PresenceEvent]) -> None:
+        """Presence events -> the visit book, and both upstream within consent."""
+        for ev in events:
+            self.events[ev.kind] += 1
+            visit_events = self.visits.on_presence(ev)
+            self._send_visits(visit_events)
+            if self.directory.allows(ev.shopper, UPSTREAM_SCOPE, self.clock.wall()):
+                data = {
+                    "event": ev.kind,
+                    "shopper": ev.shopper,
+                    "visit": self.visits.visit_of(ev.shopper),
+                    "zone": ev.zone,
+                    "previous_zone": ev.previous_zone,
+                    "dwell_s": round(ev.dwell_s, 1),
+                    "visit_s": round(ev.visit_s, 1),
+                }
+                self._upstream(UpEvent.of("presence", data, ev.ts, subject=ev.shopper))
+
+    def _send_visits(self, events: list[VisitEvent]) -> None:
+        for ev in events:
+            self.events[ev.kind] += 1
+            if self.directory.allows(ev.shopper, UPSTREAM_SCOPE, self.clock.wall()):
+                data = {
+                    "event": ev.kind,
+                    "shopper": ev.shopper,
+                    "visit": ev.visit_id,
+                    "sources": list(ev.sources),
+                    "zones": list(ev.zones),
+                    "duration_s": round(ev.duration_s, 1),
+                }
+                self._upstream(UpEvent.of("visit", data, ev.ts, subject=ev.shopper))
+
+    def _upstream(self, event: UpEvent) -> None:
+        fut = self.outbox.enqueue(event)
+        fut.add_done_callback(self._committed)
+
+    def _committed(self, fut: asyncio.Future[str]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            self.upstream += 1
+        elif isinstance(exc, OutboxRejected):
+            self.upstream_rejected += 1
+        else:
+            self._log.error("presence_event_not_committed", error=type(exc).__name__)
+
+    async def _table_loop(self) -> None:
+        while True:
+            now = self.clock.wall()
+            window = window_of(now)
+            if self.table_window != window or self._dirty.is_set():
+                self._dirty.clear()
+                await self.rebuild(window)
+                continue
+            change_at = (window + 1) * WINDOW_S
+            wait_s = change_at - self.cfg.ble.rebuild_ahead_s - now
+            if wait_s > 0:
+                try:
+                    async with asyncio.timeout(wait_s):
+                        await self._dirty.wait()
+                    await asyncio.sleep(REBUILD_DEBOUNCE_S)
+                except TimeoutError:
+                    pass
+                continue
+            # Build the next window's tables now, swap them in at the change.
+            await self.rebuild(window + 1, install_at=change_at)
+
+    async def rebuild(self, center_window: int, *, install_at: float | None = None) -> None:
+        """Build the token and EID tables for ``center_window`` off the loop and install them."""
+        at = center_window * WINDOW_S + WINDOW_S / 2
+        keys = self.directory.token_keys(at)
+        tags = self.directory.eid_tags(at)
+        self._building = True
+        self._erased_during_build = set()
+        try:
+            started = time.perf_counter()
+            tokens, eids = await asyncio.to_thread(_build_tables, keys, tags, center_window)
+            self.last_rebuild_ms = (time.perf_counter() - started) * 1000
+            if install_at is not None:
+                await asyncio.sleep(max(0.0, install_at - self.clock.wall()))
+            self.resolver.install(tokens, eids)
+            if self._erased_during_build:
+                self.resolver.forget(self._erased_during_build)
+        finally:
+            self._building = False
+        self.table_window = center_window
+        self.rebuilds += 1
+        self._log.info(
+            "token_tables_built",
+            window=center_window,
+            shoppers=len(keys),
+            tags=len(tags),
+            tokens=len(tokens),
+            took_ms=round(self.last_rebuild_ms, 1),
+        )
+
+    # -- health -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counts only; nothing names a shopper or a device."""
+        return {
+            "shoppers_known": len(self.directory),
+            "resolver": self.resolver.stats(),
+            "queue": len(self._queue),
+            "shed": self.shed,
+            "erased": self.erased,
+            "table_window": self.table_window,
+            "last_rebuild_ms": round(self.last_rebuild_ms, 1),
+            "rebuilds": self.rebuilds,
+            "events": dict(self.events),
+            "upstream": self.upstream,
+            "upstream_rejected": self.upstream_rejected,
+            "presence": self.tracker.stats(),
+            "visits": self.visits.stats(),
+        }
+
+
+def _build_tables(
+    keys: list[tuple[str, Mapping[str, bytes]]],
+    tags: list[tuple[str, Any]],
+    center_window: int,
+) -> tuple[dict[bytes, str], dict[bytes, str]]:
+    return build_table(keys, center_window), build_eid_table(tags, center_window)
