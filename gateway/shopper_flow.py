@@ -32,7 +32,7 @@ from gateway.identity.presence import (
     PresenceTracker,
     ReferenceBeacon,
 )
-from gateway.identity.resolver import AdvertResolver, build_eid_table
+from gateway.identity.resolver import AdvertResolver, build_eid_table, build_ibeacon_table
 from gateway.identity.shoppers import Consent, Profile
 from gateway.identity.tokens import WINDOW_S, build_table, window_of
 from gateway.identity.visits import VisitEvent, VisitParams, VisitTracker
@@ -266,15 +266,17 @@ class ShopperFlow:
         at = center_window * WINDOW_S + WINDOW_S / 2
         keys = self.directory.token_keys(at)
         tags = self.directory.eid_tags(at)
+        ibeacon_tags = self.directory.ibeacon_tags(at)
         self._building = True
         self._erased_during_build = set()
         try:
             started = time.perf_counter()
             tokens, eids = await asyncio.to_thread(_build_tables, keys, tags, center_window)
+            ibeacons = build_ibeacon_table(ibeacon_tags)
             self.last_rebuild_ms = (time.perf_counter() - started) * 1000
             if install_at is not None:
                 await asyncio.sleep(max(0.0, install_at - self.clock.wall()))
-            self.resolver.install(tokens, eids)
+            self.resolver.install(tokens, eids, ibeacons)
             if self._erased_during_build:
                 self.resolver.forget(self._erased_during_build)
         finally:
@@ -285,7 +287,7 @@ class ShopperFlow:
             "token_tables_built",
             window=center_window,
             shoppers=len(keys),
-            tags=len(tags),
+            tags=len(tags) + len(ibeacon_tags),
             tokens=len(tokens),
             took_ms=round(self.last_rebuild_ms, 1),
         )

@@ -64,6 +64,8 @@ def profile_entry(shopper: dict[str, Any], now: dt.datetime, salt: bytes | None)
         }
     if shopper.get("eid_tags"):
         entry["eid_tags"] = shopper["eid_tags"]
+    if shopper.get("ibeacon_tags"):
+        entry["ibeacon_tags"] = shopper["ibeacon_tags"]
     hashes = list(shopper.get("loyalty_hashes", []))
     if shopper.get("loyalty_ids"):
         if salt is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from gateway.identity.shoppers import Consent, EidTag, Profile
+from gateway.identity.shoppers import Consent, EidTag, IBeaconTag, Profile
 
 
 class ShopperDirectory:
@@ -68,3 +68,7 @@ class ShopperDirectory:
     def eid_tags(self, now_s: float) -> list[tuple[str, EidTag]]:
         """(shopper, tag) of every registered Eddystone-EID tag of a detectable shopper."""
         return [(p.shopper, t) for p in self.detectable(now_s) for t in p.eid_tags]
+
+    def ibeacon_tags(self, now_s: float) -> list[tuple[str, IBeaconTag]]:
+        """(shopper, tag) of every fixed-identity iBeacon tag of a detectable shopper."""
+        return [(p.shopper, t) for p in self.detectable(now_s) for t in p.ibeacon_tags]

@@ -24,7 +24,7 @@ from typing import Any
 
 from gateway.events import Sighting
 from gateway.identity.eid import eids_around
-from gateway.identity.shoppers import EidTag
+from gateway.identity.shoppers import EidTag, IBeaconTag
 from gateway.identity.tokens import WINDOW_S, WINDOW_SLACK
 from gateway.sensing.frames import (
     APPLE_COMPANY_ID,
@@ -75,6 +75,16 @@ def _int8(b: int) -> int:
     return b - 256 if b > 127 else b
 
 
+def ibeacon_key(uuid: bytes, major: int, minor: int) -> bytes:
+    """The bytes an iBeacon frame carries for this identity (uuid, major, minor)."""
+    return uuid + major.to_bytes(2, "big") + minor.to_bytes(2, "big")
+
+
+def build_ibeacon_table(tags: Iterable[tuple[str, IBeaconTag]]) -> dict[bytes, str]:
+    """Fixed iBeacon identity -> shopper for every registered iBeacon tag."""
+    return {ibeacon_key(t.uuid, t.major, t.minor): shopper for shopper, t in tags}
+
+
 class AdvertResolver:
     """Turns an advert's manufacturer and service data into a ``Sighting``, or drops it."""
 
@@ -86,26 +96,33 @@ class AdvertResolver:
         self._company_id = token_company_id
         # Keyed by the iBeacon's raw uuid+major+minor bytes: one slice, one lookup.
         self._references = {
-            uuid + major.to_bytes(2, "big") + minor.to_bytes(2, "big"): beacon
+            ibeacon_key(uuid, major, minor): beacon
             for (uuid, major, minor), beacon in (reference_ibeacons or {}).items()
         }
         self.tokens: dict[bytes, str] = {}
         self.eids: dict[bytes, str] = {}
+        self.ibeacons: dict[bytes, str] = {}  # shopper tags with a fixed iBeacon identity
         self.resolved = 0
         self.foreign = 0
         self.malformed: Counter[str] = Counter()
 
     # -- tables ---------------------------------------------------------------------
 
-    def install(self, tokens: dict[bytes, str], eids: dict[bytes, str]) -> None:
+    def install(
+        self,
+        tokens: dict[bytes, str],
+        eids: dict[bytes, str],
+        ibeacons: dict[bytes, str] | None = None,
+    ) -> None:
         """Swap in freshly built tables (one assignment each: a lookup sees old or new)."""
         self.tokens = tokens
         self.eids = eids
+        self.ibeacons = ibeacons or {}
 
     def forget(self, shoppers: set[str]) -> int:
         """Opt-out: the shoppers' tokens and EIDs stop resolving now."""
         n = 0
-        for table in (self.tokens, self.eids):
+        for table in (self.tokens, self.eids, self.ibeacons):
             gone = [k for k, s in table.items() if s in shoppers]
             for k in gone:
                 del table[k]
@@ -158,17 +175,23 @@ class AdvertResolver:
                             return
                     else:
                         malformed["eddystone_eid"] += 1
-            if references:
+            if references or resolver.ibeacons:
                 data = manufacturer_data.get(apple)
                 if (
                     data is not None
                     and len(data) == _IBEACON_DATA_LEN
                     and data[:2] == _IBEACON_HEAD
                 ):
-                    beacon = references.get(data[2:22])
+                    key = data[2:22]
+                    beacon = references.get(key)
                     if beacon is not None:
                         resolver.resolved += 1
                         accept(Sighting(beacon, scanner, rssi, ts, _int8(data[22]), True))
+                        return
+                    shopper = resolver.ibeacons.get(key)
+                    if shopper is not None:
+                        resolver.resolved += 1
+                        accept(Sighting(shopper, scanner, rssi, ts, _int8(data[22]), False))
                         return
             resolver.foreign += 1
 
@@ -190,5 +213,6 @@ class AdvertResolver:
             "malformed": dict(self.malformed),
             "tokens": len(self.tokens),
             "eids": len(self.eids),
+            "ibeacon_tags": len(self.ibeacons),
             "reference_beacons": len(self._references),
         }

@@ -28,6 +28,22 @@ class EidTag:
 
 
 @dataclass(frozen=True, slots=True)
+class IBeaconTag:
+    """A shopper tag with a fixed iBeacon identity issued by HQ.
+
+    For satellites that cannot pass on a rotating token (ESPresense reports only
+    ``iBeacon:<uuid>-<major>-<minor>`` ids: firmware_configs/satellites/). A fixed
+    identity can be followed by anyone with a scanner, so it is the shopper's
+    choice of tag, never the app's default.
+    """
+
+    tag: str
+    uuid: bytes  # 16 bytes
+    major: int
+    minor: int
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     """A shopper's profile as this store keeps it (no root key ever reaches a store)."""
 
@@ -35,6 +51,7 @@ class Profile:
     expires_at: float
     day_keys: Mapping[str, bytes] = field(default_factory=dict)  # "YYYY-MM-DD" -> 32 bytes
     eid_tags: tuple[EidTag, ...] = ()
+    ibeacon_tags: tuple[IBeaconTag, ...] = ()
     loyalty_hashes: tuple[str, ...] = ()  # lowercase hex of salted SHA-256
     attributes: Mapping[str, Any] = field(default_factory=dict)  # for later stages
 

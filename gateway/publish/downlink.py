@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gateway.clock import Clock
 from gateway.config import DownlinkSection, ProfilesSection
 from gateway.events import UpEvent
-from gateway.identity.shoppers import SCOPES, Consent, EidTag, Profile
+from gateway.identity.shoppers import SCOPES, Consent, EidTag, IBeaconTag, Profile
 from gateway.log import get_logger
 from gateway.publish import topics
 from gateway.publish.mqtt import MqttConnection
@@ -70,6 +70,13 @@ class EidTagIn(_Strict):
     epoch_offset_s: Annotated[int, Field(ge=0, le=2**40)]
 
 
+class IBeaconTagIn(_Strict):
+    tag: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+    uuid: Hex32
+    major: Annotated[int, Field(ge=0, le=65535)]
+    minor: Annotated[int, Field(ge=0, le=65535)]
+
+
 class ConsentIn(_Strict):
     scopes: Annotated[list[Scope], Field(min_length=1, max_length=len(SCOPES))]
     expires_at: UnixTime
@@ -80,6 +87,7 @@ class ProfileUpsert(_Strict):
     expires_at: UnixTime
     day_keys: Annotated[dict[DayStr, Hex64], Field(max_length=3)] = {}
     eid_tags: Annotated[list[EidTagIn], Field(max_length=4)] = []
+    ibeacon_tags: Annotated[list[IBeaconTagIn], Field(max_length=4)] = []
     loyalty_hashes: Annotated[list[Hex64], Field(max_length=8)] = []
     consent: ConsentIn | None = None
     attributes: dict[str, Any] = {}
@@ -136,6 +144,7 @@ _FIELD_NAMES = frozenset(
         ProfilesMessage,
         ProfileUpsert,
         EidTagIn,
+        IBeaconTagIn,
         ConsentIn,
         ConsentMessage,
         ConsentChange,
@@ -196,6 +205,9 @@ def to_profile(u: ProfileUpsert) -> Profile:
         day_keys={day: bytes.fromhex(key) for day, key in u.day_keys.items()},
         eid_tags=tuple(
             EidTag(t.tag, bytes.fromhex(t.identity_key), t.k, t.epoch_offset_s) for t in u.eid_tags
+        ),
+        ibeacon_tags=tuple(
+            IBeaconTag(t.tag, bytes.fromhex(t.uuid), t.major, t.minor) for t in u.ibeacon_tags
         ),
         loyalty_hashes=tuple(u.loyalty_hashes),
         attributes=u.attributes,

@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from gateway.identity.shoppers import Consent, EidTag, Profile
+from gateway.identity.shoppers import Consent, EidTag, IBeaconTag, Profile
 from gateway.storage.store import checkpoint
 
 
@@ -29,6 +29,10 @@ def profile_to_row(p: Profile, now_s: float) -> tuple[str, str, float, float]:
                 "epoch_offset_s": t.epoch_offset_s,
             }
             for t in p.eid_tags
+        ],
+        "ibeacon_tags": [
+            {"tag": t.tag, "uuid": t.uuid.hex(), "major": t.major, "minor": t.minor}
+            for t in p.ibeacon_tags
         ],
         "loyalty_hashes": list(p.loyalty_hashes),
         "attributes": dict(p.attributes),
@@ -47,6 +51,10 @@ def profile_from_row(shopper: str, data: str, expires_at: float) -> Profile:
                 t["tag"], bytes.fromhex(t["identity_key"]), int(t["k"]), int(t["epoch_offset_s"])
             )
             for t in doc.get("eid_tags", [])
+        ),
+        ibeacon_tags=tuple(
+            IBeaconTag(t["tag"], bytes.fromhex(t["uuid"]), int(t["major"]), int(t["minor"]))
+            for t in doc.get("ibeacon_tags", [])
         ),
         loyalty_hashes=tuple(doc.get("loyalty_hashes", [])),
         attributes=doc.get("attributes", {}),
