@@ -27,7 +27,11 @@ from gateway.publish.hq_link import HqLink
 from gateway.publish.local_bus import LocalBus
 from gateway.publish.outbox import Outbox
 from gateway.sd_notify import SystemdNotifier
+from gateway.sensing.ble import BleScanner
+from gateway.sensing.satellites import SatelliteDecoder
 from gateway.sensing.simulated import ScriptedEventSource
+from gateway.shopper_flow import ShopperFlow, scanner_zones
+from gateway.storage import profiles as profile_rows
 from gateway.storage.store import SqliteWriter
 
 # A loop that falls this far behind its own timer is not healthy enough to
@@ -81,6 +85,26 @@ class Gateway:
             else None
         )
         self.bus = LocalBus(cfg.store_broker, cfg.store.id, self.clock, self.health)
+        # Shoppers: only when there is a scanner to hear them (the Pi's radio or a satellite).
+        self.flow: ShopperFlow | None = (
+            ShopperFlow(cfg, self.clock, self.outbox) if scanner_zones(cfg) else None
+        )
+        self.scanner: BleScanner | None = None
+        self.satellites: SatelliteDecoder | None = None
+        if self.flow is not None:
+            flow = self.flow
+            if cfg.ble.enabled:
+                self.scanner = BleScanner(
+                    cfg.ble, flow.pi_advert, self.clock, backend=_ble_backend(cfg)
+                )
+            if cfg.satellites:
+                self.satellites = SatelliteDecoder(cfg.satellites, flow.on_advert, self.clock)
+                for topic in self.satellites.topic_filters():
+                    self.bus.conn.subscribe(topic, self.satellites.on_message)
+            if self.downlink is not None:
+                self.downlink.on_change(
+                    lambda ch: flow.on_changes(ch.profiles, ch.consents, ch.erased)
+                )
         self.simulation = ScriptedEventSource(cfg.simulation, self.clock, self.outbox.enqueue)
 
     # -- health -------------------------------------------------------------------
@@ -111,6 +135,12 @@ class Gateway:
         }
         if self.downlink is not None:
             doc["downlink"] = self.downlink.stats()
+        if self.scanner is not None:
+            doc["ble"] = self.scanner.stats()
+        if self.satellites is not None:
+            doc["satellites"] = self.satellites.stats()
+        if self.flow is not None:
+            doc["shoppers"] = self.flow.stats()
         if self.cfg.simulation.events_per_s > 0:
             doc["simulation"] = {
                 "produced": self.simulation.produced,
@@ -145,6 +175,12 @@ class Gateway:
                 tasks.update(self.hq.tasks())
             if self.downlink is not None:
                 tasks.update(self.downlink.tasks())
+            if self.flow is not None:
+                profiles, consents = await self.writer.run(profile_rows.load_all)
+                self.flow.load(profiles, consents)
+                tasks.update(self.flow.tasks())
+            if self.scanner is not None:
+                tasks["ble-scanner"] = self.scanner.run()
             self.notifier.ready(status=f"store {self.cfg.store.id} running")
             self.log.info("gateway_ready", tasks=sorted(tasks))
             try:
@@ -208,6 +244,16 @@ class Gateway:
                     f"outbox {self.outbox.depth()} rows, "
                     f"hq {'up' if self.hq and self.hq.conn.connected else 'down'}"
                 )
+
+
+def _ble_backend(cfg: GatewayConfig) -> type | None:
+    """The bleak backend: BlueZ (None: bleak's own choice), or replayed adverts for the demo."""
+    if cfg.ble.backend == "replay":
+        from gateway.testing.replay_file import replay_backend
+
+        assert cfg.ble.replay_file is not None  # the config validator insists
+        return replay_backend(cfg.ble.replay_file)
+    return None
 
 
 def _ping_db(conn: Any) -> None:

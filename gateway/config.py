@@ -155,8 +155,10 @@ class BleSection(Section):
     company_id: Annotated[int, Field(ge=0, le=0xFFFF)] = 0xFFFF
     # The zone the Pi itself stands in (its radio is scanner "pi").
     zone: ZoneId = "entrance"
-    # "bluez": the real radio; "replay": simulated shoppers for the demo and tests.
+    # "bluez": the real radio; "replay": adverts replayed from replay_file (the demo, tests).
     backend: Literal["bluez", "replay"] = "bluez"
+    # JSON lines of recorded adverts (gateway/testing/replay_file.py); only with "replay".
+    replay_file: ConfigPath | None = None
     # Watchdog (habluetooth's values, see gateway/sensing/ble.py for why).
     silent_restart_s: Annotated[float, Field(ge=1, le=3600)] = 90
     check_interval_s: Annotated[float, Field(ge=0.1, le=600)] = 30
@@ -174,6 +176,8 @@ class BleSection(Section):
     def _retry(self) -> BleSection:
         if self.start_retry_min_s > self.start_retry_max_s:
             raise ValueError("start_retry_min_s must not exceed start_retry_max_s")
+        if (self.backend == "replay") != (self.replay_file is not None):
+            raise ValueError('replay_file goes with backend = "replay", and only with it')
         return self
 
 
@@ -237,6 +241,13 @@ class GatewayConfig(Section):
             raise ValueError("satellites: 'pi' is the gateway's own radio; pick another id")
         if len(set(ids)) != len(ids):
             raise ValueError("satellites: ids must be unique")
+        scanners = {*ids, *(("pi",) if self.ble.enabled else ())}
+        for b in self.reference_beacons:
+            if b.scanner not in scanners:
+                raise ValueError(
+                    f"reference_beacons: {b.id!r} sits at scanner {b.scanner!r}, which is "
+                    "neither a satellite nor the enabled Pi radio"
+                )
         return self
 
 

@@ -54,7 +54,10 @@ def test_every_health_field_is_documented(tmp_path: Path) -> None:
 
     cfg = parse_config({"store": {"id": "s1"}, "storage": {"path": str(tmp_path / "g.db")},
                         "hq": {"host": "127.0.0.1", "port": 1},
-                        "simulation": {"events_per_s": 1}})
+                        "simulation": {"events_per_s": 1},
+                        "ble": {"enabled": True},
+                        "satellites": [{"id": "sat-1", "firmware": "openmqttgateway",
+                                        "zone": "produce"}]})
     health = Gateway(cfg).health()
     text = (DOCS / "mqtt-api.md").read_text()
     fields = []
