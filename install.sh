@@ -117,6 +117,7 @@ BASE_PACKAGES=(
 )
 DEV_PACKAGES=(
     socat             # pty pairs standing in for POS lanes in tests
+    dbus-daemon       # a private bus with a fake org.bluez for the adapter-reset tests
     git
     shellcheck        # tests lint install.sh and .ci/run
     systemd           # systemd-analyze: tests verify the unit

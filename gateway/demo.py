@@ -23,6 +23,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from gateway.demo_shoppers import DemoShoppers
 from gateway.publish import topics
 from gateway.testing.daemon import GatewayProcess, config_text, gateway_sections
 from gateway.testing.hq import HqReceiver
@@ -89,6 +90,9 @@ class LiveView:
         outbox = health.get("outbox", {})
         hq = health.get("hq", {})
         sim = health.get("simulation", {})
+        shoppers = health.get("shoppers", {})
+        res = shoppers.get("resolver", {})
+        presence = shoppers.get("presence", {})
         rows = [
             f"store-gateway demo  t={elapsed:5.1f}s  phase: {phase}",
             f"  produced    {sim.get('produced', 0):>7} / {total}",
@@ -98,6 +102,10 @@ class LiveView:
             f"  HQ link     {'up  ' if hq.get('connected') else 'DOWN'}  "
             f"in flight {hq.get('inflight', 0):>5}  acked {hq.get('acked_total', 0):>7}",
             f"  HQ received {received:>7} distinct events",
+            f"  shoppers    {presence.get('present', 0):>7} present (opted in)  "
+            f"arrivals {shoppers.get('events', {}).get('arrived', 0)}  "
+            f"adverts: resolved {res.get('resolved', 0)}, foreign dropped "
+            f"{res.get('foreign_dropped', 0)}",
         ]
         if self.tty:
             if self._drawn:
@@ -110,7 +118,8 @@ class LiveView:
             print(
                 f"[{elapsed:5.1f}s] {phase:<22} produced={sim.get('produced', 0)} "
                 f"outbox={outbox.get('depth', 0)} hq={'up' if hq.get('connected') else 'down'} "
-                f"received={received}",
+                f"received={received} present={presence.get('present', 0)} "
+                f"foreign_dropped={res.get('foreign_dropped', 0)}",
                 flush=True,
             )
 
@@ -123,6 +132,13 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
     print(
         f"store-gateway demo: {total} events over {duration_s:.0f}s, HQ cut off for "
         f"{outage_s:.0f}s from t={outage_at:.0f}s (work dir {workdir})",
+        flush=True,
+    )
+    shoppers = DemoShoppers(time.time() + 2.0, workdir)
+    print(
+        f"  shoppers: {len(shoppers.opted_in)} opted in and {shoppers.foreign_devices} foreign "
+        f"devices walk entrance -> produce -> checkout (Pi radio replayed, three "
+        f"OpenMQTTGateway satellites over MQTT)",
         flush=True,
     )
     store = MosquittoBroker(workdir / "store-broker", name="store").start()
@@ -146,10 +162,13 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
                 outbox={"loss_report_interval_s": 5},
                 store_broker={"health_interval_s": 0.5},
                 log={"format": "json", "level": "info"},
+                **shoppers.config_sections(),
             )
         )
     )
     gateway = GatewayProcess(cfg, workdir / "gateway.log").start()
+    shoppers.start_satellites(store.port)
+    profiles_pushed = False
     view = LiveView()
     started = time.monotonic()
     phase = "trading"
@@ -158,9 +177,13 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
     drained_at: float | None = None
     rc: int | None = None
     try:
-        deadline = started + duration_s + outage_s + DRAIN_GRACE_S
+        shoppers_done = started + (shoppers.ends_at - time.time())
+        deadline = max(started + duration_s + outage_s, shoppers_done) + DRAIN_GRACE_S
         while time.monotonic() < deadline:
             elapsed = time.monotonic() - started
+            if not profiles_pushed and watcher.snapshot()[0].get("hq", {}).get("connected"):
+                time.sleep(0.5)  # the downlink subscription follows the connect
+                profiles_pushed = shoppers.push_profiles(hq.port, STORE_ID) > 0
             if not gateway.running:
                 phase = "gateway exited"
                 break
@@ -176,7 +199,13 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
             depth = health.get("outbox", {}).get("depth", 0)
             max_depth = max(max_depth, depth)
             produced = health.get("simulation", {}).get("produced", 0)
-            if outage_done and produced >= total and depth == 0 and receiver.count() >= total:
+            if (
+                outage_done
+                and produced >= total
+                and depth == 0
+                and time.monotonic() >= shoppers_done
+                and receiver.count() >= _committed_count(db)
+            ):
                 drained_at = elapsed
                 phase = "done: HQ caught up"
                 view.show(phase, elapsed, health, receiver.count(), total)
@@ -193,6 +222,8 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
         received = len(receiver.ids & expected)
         health, _ = watcher.snapshot()
         shed = sum(health.get("outbox", {}).get("shed_total", {}).values())
+        scores = shoppers.score(dict(receiver.presence))
+        resolver = health.get("shoppers", {}).get("resolver", {})
         summary = {
             "produced": committed,
             "received_at_hq": received,
@@ -205,8 +236,12 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
             "gateway_exit_code": rc,
             "gateway_stop_s": round(stop_s, 2),
             "final_status": status.get("state"),
+            **scores,
+            "foreign_adverts_dropped": resolver.get("foreign_dropped"),
+            "adverts_resolved": resolver.get("resolved"),
         }
     finally:
+        shoppers.stop()
         if gateway.running:
             gateway.kill()
         watcher.stop()
@@ -217,7 +252,13 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
     print("summary")
     for key, value in summary.items():
         print(f"  {key:<18} {value}")
-    ok = summary["lost"] == 0 and rc == 0 and drained_at is not None
+    ok = (
+        summary["lost"] == 0
+        and rc == 0
+        and drained_at is not None
+        and summary["shoppers_detected"] == summary["shoppers_opted_in"]
+        and bool(summary["foreign_adverts_dropped"])
+    )
     if ok:
         shutil.rmtree(workdir, ignore_errors=True)
     else:

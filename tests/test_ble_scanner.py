@@ -577,7 +577,7 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
 def private_system_bus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A dbus-daemon of our own, standing in for the system bus (never the machine's)."""
     if shutil.which("dbus-daemon") is None:
-        pytest.skip("dbus-daemon is not installed")
+        pytest.fail("dbus-daemon is not installed (install.sh --dev installs it)")
     socket = tmp_path / "system_bus_socket"
     config = tmp_path / "bus.conf"
     config.write_text(BUS_CONFIG.format(socket=socket))

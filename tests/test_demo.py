@@ -6,9 +6,14 @@ import json
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
 def test_demo_summary_json_reports_nothing_lost() -> None:
-    """`store-gateway demo --summary-json` exits 0 and its last line is a summary with lost = 0."""
+    """`store-gateway demo --summary-json` exits 0: nothing lost, every opted-in shopper
+    detected, foreign adverts dropped."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -25,7 +30,7 @@ def test_demo_summary_json_reports_nothing_lost() -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=420,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -35,3 +40,6 @@ def test_demo_summary_json_reports_nothing_lost() -> None:
     assert summary["received_at_hq"] == summary["produced"]
     assert summary["lost"] == 0
     assert summary["final_status"] == "offline"
+    assert summary["shoppers_detected"] == summary["shoppers_opted_in"] == 4
+    assert summary["foreign_adverts_dropped"] > 1000
+    assert summary["adverts_resolved"] > 0

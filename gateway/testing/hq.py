@@ -30,6 +30,8 @@ class HqReceiver:
         self.statuses: list[dict[str, Any]] = []
         self.loss_reports: list[dict[str, Any]] = []
         self.bad_payloads = 0
+        # Presence events by event id (the demo scores zone sequences from them).
+        self.presence: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._client = paho.Client(
@@ -83,6 +85,8 @@ class HqReceiver:
             self.ids_by_kind.setdefault(doc.get("kind", "?"), set()).add(doc.get("id", ""))
             if doc.get("kind") == "outbox_loss":
                 self.loss_reports.append(doc)
+            elif doc.get("kind") == "presence" and isinstance(doc.get("data"), dict):
+                self.presence.setdefault(doc.get("id", ""), doc["data"])
 
     def count(self) -> int:
         with self._lock:
