@@ -199,11 +199,14 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
             depth = health.get("outbox", {}).get("depth", 0)
             max_depth = max(max_depth, depth)
             produced = health.get("simulation", {}).get("produced", 0)
+            if outage_done and produced >= total and depth == 0 and phase.startswith("HQ back"):
+                phase = "HQ caught up; shoppers"
             if (
                 outage_done
                 and produced >= total
                 and depth == 0
                 and time.monotonic() >= shoppers_done
+                and not health.get("shoppers", {}).get("presence", {}).get("present")
                 and receiver.count() >= _committed_count(db)
             ):
                 drained_at = elapsed
@@ -251,7 +254,7 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
     print()
     print("summary")
     for key, value in summary.items():
-        print(f"  {key:<18} {value}")
+        print(f"  {key:<24} {value}")
     ok = (
         summary["lost"] == 0
         and rc == 0

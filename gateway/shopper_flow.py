@@ -34,7 +34,7 @@ from gateway.identity.presence import (
 )
 from gateway.identity.resolver import AdvertResolver, build_eid_table, build_ibeacon_table
 from gateway.identity.shoppers import Consent, Profile
-from gateway.identity.tokens import WINDOW_S, build_table, window_of
+from gateway.identity.tokens import WINDOW_S, table_windows, window_of, window_tokens
 from gateway.identity.visits import VisitEvent, VisitParams, VisitTracker
 from gateway.log import get_logger
 
@@ -94,6 +94,12 @@ class ShopperFlow:
         self._wake = asyncio.Event()
         self._dirty = asyncio.Event()
         self._erased_during_build: set[str] = set()
+        # Per-window token maps of the current key set: at a window change only the
+        # new window is computed (a third of a full rebuild). Any change to the
+        # directory (profiles, consent, an erasure) bumps the version and empties it.
+        self._window_cache: dict[int, dict[bytes, str]] = {}
+        self._keys_version = 0
+        self._cache_version = -1
         self._building = False
         self._log = get_logger("shoppers")
         self.shed = 0
@@ -124,6 +130,7 @@ class ShopperFlow:
     def load(self, profiles: Iterable[Profile], consents: Iterable[Consent]) -> None:
         """Start from the profile cache (then ``run`` builds the tables)."""
         self.directory.load(profiles, consents)
+        self._keys_version += 1
         self._dirty.set()
 
     def on_changes(
@@ -141,12 +148,14 @@ class ShopperFlow:
         if gone:
             self.forget(gone)
         if profiles or consents:
+            self._keys_version += 1
             self._dirty.set()
 
     def forget(self, shoppers: set[str]) -> None:
         """Opt-out: tokens stop resolving, presence and visits drop the shopper, unsent
         sightings of theirs are discarded."""
         self.resolver.forget(shoppers)
+        self._keys_version += 1
         if self._building:
             self._erased_during_build |= shoppers
         for shopper in shoppers:
@@ -267,11 +276,17 @@ class ShopperFlow:
         keys = self.directory.token_keys(at)
         tags = self.directory.eid_tags(at)
         ibeacon_tags = self.directory.ibeacon_tags(at)
+        version = self._keys_version
+        cached = self._window_cache if self._cache_version == version else {}
         self._building = True
         self._erased_during_build = set()
         try:
             started = time.perf_counter()
-            tokens, eids = await asyncio.to_thread(_build_tables, keys, tags, center_window)
+            tokens, eids, windows = await asyncio.to_thread(
+                _build_tables, keys, tags, center_window, cached
+            )
+            if self._keys_version == version:
+                self._window_cache, self._cache_version = windows, version
             ibeacons = build_ibeacon_table(ibeacon_tags)
             self.last_rebuild_ms = (time.perf_counter() - started) * 1000
             if install_at is not None:
@@ -317,5 +332,14 @@ def _build_tables(
     keys: list[tuple[str, Mapping[str, bytes]]],
     tags: list[tuple[str, Any]],
     center_window: int,
-) -> tuple[dict[bytes, str], dict[bytes, str]]:
-    return build_table(keys, center_window), build_eid_table(tags, center_window)
+    cached: Mapping[int, dict[bytes, str]],
+) -> tuple[dict[bytes, str], dict[bytes, str], dict[int, dict[bytes, str]]]:
+    """The token table (reusing cached windows), the EID table, and the per-window maps."""
+    windows = {
+        w: cached[w] if w in cached else window_tokens(keys, w)
+        for w in table_windows(center_window)
+    }
+    tokens: dict[bytes, str] = {}
+    for part in windows.values():
+        tokens.update(part)
+    return tokens, build_eid_table(tags, center_window), windows

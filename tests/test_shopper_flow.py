@@ -306,3 +306,37 @@ def test_a_full_queue_sheds_and_counts() -> None:
         assert flow.stats()["queue"] == flow.cfg.ble.queue_max
 
     asyncio.run(scenario())
+
+
+def test_a_window_change_computes_only_the_new_window() -> None:
+    """Moving to the next window reuses the two windows already computed, and the result is
+    exactly a full build's."""
+
+    async def scenario() -> None:
+        flow, _, clock = make_flow()
+        flow.load(*zip(opted_in("s1", ROOT, {"presence"}), strict=True))
+        w = window_of(clock.wall())
+        await flow.rebuild(w)
+        before = dict(flow._window_cache)
+        await flow.rebuild(w + 1)
+        after = flow._window_cache
+        assert after[w] is before[w] and after[w + 1] is before[w + 1]
+        assert flow.resolver.tokens == build_table([("s1", day_keys(ROOT))], w + 1)
+
+    asyncio.run(scenario())
+
+
+def test_a_profile_change_forces_a_full_rebuild() -> None:
+    """After HQ changes profiles no cached window is reused: new keys take effect everywhere."""
+
+    async def scenario() -> None:
+        flow, _, clock = make_flow()
+        flow.load(*zip(opted_in("s1", ROOT, {"presence"}), strict=True))
+        w = window_of(clock.wall())
+        await flow.rebuild(w)
+        profile, consent = opted_in("s1", OTHER_ROOT, {"presence"})
+        flow.on_changes({"s1": profile}, {"s1": consent}, set())
+        await flow.rebuild(w + 1)
+        assert flow.resolver.tokens == build_table([("s1", day_keys(OTHER_ROOT))], w + 1)
+
+    asyncio.run(scenario())

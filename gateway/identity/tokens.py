@@ -69,26 +69,37 @@ def token_at(root_key: bytes, unix_s: float) -> bytes:
     return token(day_key(root_key, day), window)
 
 
+def table_windows(center_window: int) -> range:
+    """The windows a table centred on ``center_window`` resolves."""
+    return range(center_window - WINDOW_SLACK, center_window + WINDOW_SLACK + 1)
+
+
+def window_tokens(keys: Iterable[tuple[str, Mapping[str, bytes]]], window: int) -> dict[bytes, str]:
+    """Every shopper's token of one window -> shopper id.
+
+    ``keys`` yields (shopper, day keys by "YYYY-MM-DD"); a shopper without a key
+    for the window's day is skipped (they cannot be recognised then). One HMAC
+    per shopper: run it off the event loop.
+    """
+    day = day_of_window(window)
+    msg = _TOKEN_PREFIX + window.to_bytes(4, "big")
+    digest = hmac.digest
+    out: dict[bytes, str] = {}
+    for shopper, day_keys in keys:
+        key = day_keys.get(day)
+        if key is not None:
+            out[digest(key, msg, "sha256")[:TOKEN_BYTES]] = shopper
+    return out
+
+
 def build_table(
     keys: Iterable[tuple[str, Mapping[str, bytes]]], center_window: int
 ) -> dict[bytes, str]:
-    """Tokens of windows ``center_window`` ± ``WINDOW_SLACK`` for every shopper -> shopper id.
-
-    ``keys`` yields (shopper, day keys by "YYYY-MM-DD"); a window whose day the
-    shopper has no key for is skipped (that shopper cannot be recognised then).
-    Costs one HMAC per shopper and window: run it off the event loop.
-    """
-    windows = [
-        (w, day_of_window(w), _TOKEN_PREFIX + w.to_bytes(4, "big"))
-        for w in range(center_window - WINDOW_SLACK, center_window + WINDOW_SLACK + 1)
-    ]
-    digest = hmac.digest
+    """Tokens of windows ``center_window`` ± ``WINDOW_SLACK`` for every shopper -> shopper id."""
+    keys = list(keys)
     table: dict[bytes, str] = {}
-    for shopper, day_keys in keys:
-        for _w, day, msg in windows:
-            key = day_keys.get(day)
-            if key is not None:
-                table[digest(key, msg, "sha256")[:TOKEN_BYTES]] = shopper
+    for w in table_windows(center_window):
+        table.update(window_tokens(keys, w))
     return table
 
 
