@@ -161,13 +161,13 @@ def run_full(flow: ShopperFlow, ads: list, batch: int = 512) -> float:
     drain = flow.drain
     handle = flow.handle
     t0 = time.perf_counter()
-    ts = NOW
-    for i, (scanner, md, sd, rssi) in enumerate(ads):
-        on_advert(scanner, md, sd, rssi, ts)
-        if i % batch == 0:
-            ts = NOW + i * 0.002  # adverts arrive at 500/s of simulated time
-            handle(drain(1 << 30))
-    handle(drain(1 << 30))
+    # As the daemon runs: the radio hands over a burst of adverts, then the presence
+    # task drains the queue (BATCH in gateway/shopper_flow.py is 512 too).
+    for start in range(0, len(ads), batch):
+        ts = NOW + start * 0.002  # adverts arrive at 500/s of simulated time
+        for scanner, md, sd, rssi in ads[start : start + batch]:
+            on_advert(scanner, md, sd, rssi, ts)
+        handle(drain(1 << 30))
     return len(ads) / (time.perf_counter() - t0)
 
 
