@@ -155,6 +155,9 @@ class BleSection(Section):
     company_id: Annotated[int, Field(ge=0, le=0xFFFF)] = 0xFFFF
     # The zone the Pi itself stands in (its radio is scanner "pi").
     zone: ZoneId = "entrance"
+    # Added to this radio's RSSI when no reference beacon calibrates it (dB): a
+    # reference beacon's measured offset replaces it (firmware_configs/beacons/).
+    rssi_offset_db: Annotated[float, Field(ge=-30, le=30)] = 0
     # "bluez": the real radio; "replay": adverts replayed from replay_file (the demo, tests).
     backend: Literal["bluez", "replay"] = "bluez"
     # JSON lines of recorded adverts (gateway/testing/replay_file.py); only with "replay".
@@ -187,6 +190,8 @@ class SatelliteSection(Section):
     id: ScannerId  # the ESPresense room name, or the OpenMQTTGateway gateway name
     firmware: Literal["espresense", "openmqttgateway"]
     zone: ZoneId
+    # As ble.rssi_offset_db, for this satellite.
+    rssi_offset_db: Annotated[float, Field(ge=-30, le=30)] = 0
 
 
 class ReferenceBeaconSection(Section):

@@ -81,9 +81,13 @@ class ShopperFlow:
             dwelled_after_s=cfg.presence.dwelled_after_s,
             left_after_s=cfg.presence.left_after_s,
         )
+        offsets = {s.id: s.rssi_offset_db for s in cfg.satellites if s.rssi_offset_db}
+        if cfg.ble.enabled and cfg.ble.rssi_offset_db:
+            offsets[PI_SCANNER] = cfg.ble.rssi_offset_db
         self.tracker = PresenceTracker(
             scanner_zones(cfg),
             params,
+            offsets,
             beacons=[
                 ReferenceBeacon(b.id, b.scanner, b.expected_rssi_dbm) for b in cfg.reference_beacons
             ],

@@ -340,3 +340,20 @@ def test_a_profile_change_forces_a_full_rebuild() -> None:
         assert flow.resolver.tokens == build_table([("s1", day_keys(OTHER_ROOT))], w + 1)
 
     asyncio.run(scenario())
+
+
+def test_configured_offsets_apply_to_scanners_without_a_beacon() -> None:
+    """A satellite's and the Pi's ``rssi_offset_db`` become the tracker's fixed offsets."""
+    cfg = GatewayConfig.model_validate(
+        {
+            "store": {"id": "s"},
+            "hq": {"enabled": False},
+            "ble": {"enabled": True, "rssi_offset_db": -3},
+            "satellites": [
+                {"id": "sat-1", "firmware": "openmqttgateway", "zone": "produce",
+                 "rssi_offset_db": 4.5},
+            ],
+        }
+    )
+    flow = ShopperFlow(cfg, ManualClock(wall=T0), FakeOutbox())
+    assert flow.tracker.offsets_db() == {"pi": -3.0, "sat-1": 4.5}
