@@ -36,7 +36,8 @@ def test_demo_summary_json_reports_nothing_lost() -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"produced", "received_at_hq", "lost"} <= summary.keys()
-    assert summary["produced"] == 2400
+    # 2,400 scripted events, plus the shoppers' presence and visit events.
+    assert summary["produced"] > 2400
     assert summary["received_at_hq"] == summary["produced"]
     assert summary["lost"] == 0
     assert summary["final_status"] == "offline"
