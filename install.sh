@@ -21,7 +21,8 @@ Default (production, e.g. on the store's Raspberry Pi):
   - system user storegw (no login shell, home /var/lib/store-gateway) in the
     groups bluetooth (BlueZ over D-Bus) and dialout (POS serial lanes)
   - /etc/store-gateway (0750 root:storegw) with gateway.toml copied from
-    gateway/gateway.example.toml only when absent: an existing one is never touched
+    gateway/gateway.example.toml only when absent: an existing one is never touched,
+    and the shipped POS dialects in /etc/store-gateway/pos/ (each only when absent)
   - /var/lib/store-gateway (0750 storegw): database, outbox, models
   - Mosquitto for the store: /etc/mosquitto/conf.d/store-gateway.conf
     (listener on 127.0.0.1:1883, persistence on)
@@ -233,6 +234,18 @@ install_config_and_state() {
         install -m 0640 -o root -g "$SERVICE_USER" \
             "$SRC_DIR/gateway/gateway.example.toml" "$CONFIG_DIR/gateway.toml"
     fi
+    # POS dialects: the shipped ones, without overwriting a store's own edits.
+    install -d -m 0750 -o root -g "$SERVICE_USER" "$CONFIG_DIR/pos"
+    local dialect
+    for dialect in "$SRC_DIR"/firmware_configs/pos/*.toml; do
+        [[ -e $dialect ]] || continue
+        if [[ -e $CONFIG_DIR/pos/$(basename "$dialect") ]]; then
+            log "pos: keeping the existing $CONFIG_DIR/pos/$(basename "$dialect")"
+        else
+            install -m 0640 -o root -g "$SERVICE_USER" "$dialect" "$CONFIG_DIR/pos/"
+            log "pos: dialect $CONFIG_DIR/pos/$(basename "$dialect")"
+        fi
+    done
     install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR"
     log "state: $STATE_DIR (0750 $SERVICE_USER)"
     # Run as the service user: this also proves it can read the file.

@@ -22,6 +22,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.errors import StorageError
 from gateway.log import get_logger
+from gateway.pos_flow import PosFlow, read_loyalty_salt
 from gateway.publish.downlink import Downlink
 from gateway.publish.hq_link import HqLink
 from gateway.publish.local_bus import LocalBus
@@ -85,9 +86,10 @@ class Gateway:
             else None
         )
         self.bus = LocalBus(cfg.store_broker, cfg.store.id, self.clock, self.health)
-        # Shoppers: only when there is a scanner to hear them (the Pi's radio or a satellite).
+        # Shoppers: when there is a scanner to hear them (the Pi's radio or a satellite)
+        # or a lane where they can identify themselves with a loyalty scan.
         self.flow: ShopperFlow | None = (
-            ShopperFlow(cfg, self.clock, self.outbox) if scanner_zones(cfg) else None
+            ShopperFlow(cfg, self.clock, self.outbox) if scanner_zones(cfg) or cfg.lanes else None
         )
         self.scanner: BleScanner | None = None
         self.satellites: SatelliteDecoder | None = None
@@ -105,6 +107,11 @@ class Gateway:
                 self.downlink.on_change(
                     lambda ch: flow.on_changes(ch.profiles, ch.consents, ch.erased)
                 )
+        self.pos: PosFlow | None = (
+            PosFlow(cfg, self.clock, self.outbox, shoppers=self.flow, salt=read_loyalty_salt(cfg))
+            if cfg.lanes
+            else None
+        )
         self.simulation = ScriptedEventSource(cfg.simulation, self.clock, self.outbox.enqueue)
 
     # -- health -------------------------------------------------------------------
@@ -141,6 +148,8 @@ class Gateway:
             doc["satellites"] = self.satellites.stats()
         if self.flow is not None:
             doc["shoppers"] = self.flow.stats()
+        if self.pos is not None:
+            doc["pos"] = self.pos.stats()
         if self.cfg.simulation.events_per_s > 0:
             doc["simulation"] = {
                 "produced": self.simulation.produced,
@@ -181,6 +190,8 @@ class Gateway:
                 tasks.update(self.flow.tasks())
             if self.scanner is not None:
                 tasks["ble-scanner"] = self.scanner.run()
+            if self.pos is not None:
+                tasks.update(self.pos.tasks())
             self.notifier.ready(status=f"store {self.cfg.store.id} running")
             self.log.info("gateway_ready", tasks=sorted(tasks))
             try:

@@ -136,6 +136,76 @@ def _cmd_hq_push(args: argparse.Namespace) -> int:
     return 0 if ok == len(messages) else 1
 
 
+def _cmd_pos_replay(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from gateway.sensing.pos_dialect import DialectError, load_dialect, replay
+
+    try:
+        dialect = load_dialect(args.dialect)
+    except DialectError as exc:
+        for where, what in exc.problems:
+            prefix = "" if where == exc.source else f"{exc.source}: "
+            print(f"{prefix}{where}: {what}", file=sys.stderr)
+        return 1
+    try:
+        data = Path(args.capture).read_bytes()
+    except OSError as exc:
+        print(f"{args.capture}: cannot read: {exc.strerror}", file=sys.stderr)
+        return 1
+    transactions = replay(dialect, data)
+    for txn in transactions:
+        doc = txn.to_contract()
+        if args.json:
+            print(json.dumps(doc, ensure_ascii=False))
+            continue
+        print(_describe_transaction(doc, txn.reason))
+    if not args.json:
+        by_status: dict[str, int] = {}
+        for txn in transactions:
+            by_status[txn.status] = by_status.get(txn.status, 0) + 1
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(by_status.items())) or "none"
+        print(f"{args.capture}: {len(data)} bytes, {len(transactions)} transactions ({counts})")
+    return 0
+
+
+def _describe_transaction(doc: dict, reason: str | None) -> str:  # type: ignore[type-arg]
+    """A transaction object as store IT reads it when checking a dialect."""
+    status = doc["status"] + (f" ({reason})" if reason and doc["status"] != "complete" else "")
+    lines = [f"transaction {doc['transaction'] or '?'}: {status}"]
+    for label, key in (("item", "items"), ("void", "voids"), ("discount", "discounts")):
+        for entry in doc[key]:
+            qty = entry.get("quantity")
+            unit = entry.get("unit")
+            what = " ".join(
+                str(part)
+                for part in (
+                    entry.get("code"),
+                    entry.get("description"),
+                    f"x {qty}{' ' + unit if unit else ''}" if qty else None,
+                )
+                if part
+            )
+            lines.append(f"  {label:<8} {what:<48} {entry.get('amount') or '?':>10}")
+    lines.append(f"  loyalty  {doc['loyalty'] or '-'}")
+    match = {True: "matches the lines", False: "DOES NOT MATCH the lines", None: "not checked"}
+    lines.append(f"  total    {doc['total'] or '?'} ({match[doc['totals_match']]})")
+    return "\n".join(lines)
+
+
+def _add_pos(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    pos = sub.add_parser("pos", help="POS lanes: check a dialect against a captured feed")
+    pos_sub = pos.add_subparsers(dest="pos_command", required=True, metavar="POS_COMMAND")
+    rp = pos_sub.add_parser(
+        "replay", help="what a POS dialect extracts from a captured byte stream"
+    )
+    rp.add_argument("--dialect", required=True, help="dialect file (firmware_configs/pos/*.toml)")
+    rp.add_argument("capture", help="captured bytes of the lane's feed")
+    rp.add_argument("--json", action="store_true", help="one CONTRACTS transaction object per line")
+    rp.set_defaults(func=_cmd_pos_replay)
+
+
 def _add_hq(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     hq = sub.add_parser("hq", help="HQ tools: publish profiles and consent to stores")
     hq_sub = hq.add_subparsers(dest="hq_command", required=True, metavar="HQ_COMMAND")
@@ -206,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--at", type=float, help="unix time (default now)")
     token.set_defaults(func=_cmd_token)
 
+    _add_pos(sub)
     _add_hq(sub)
     return parser
 

@@ -223,6 +223,54 @@ class PresenceSection(Section):
     visit_gap_s: Annotated[float, Field(gt=0, le=86_400)] = 20 * 60
 
 
+LaneId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+# A device path (prefer /dev/serial/by-id/...: it survives re-enumeration) or a
+# pyserial URL for serial device servers and ser2net.
+SerialPort = Annotated[
+    str,
+    Field(
+        pattern=r"^(/[^\x00]{1,4095}|(socket|rfc2217)://[A-Za-z0-9_.:\[\]-]{1,255}:\d{1,5}([/?].*)?)$"
+    ),
+]
+
+
+class LaneSection(Section):
+    """One checkout lane's serial feed (a receipt printer tap or a journal/DVR port)."""
+
+    id: LaneId
+    port: SerialPort
+    # A dialect name in pos.dialects_dir (firmware_configs/pos/), or a path to a dialect file.
+    dialect: Annotated[str, Field(min_length=1, max_length=4096)]
+    zone: ZoneId = "checkout"
+    baudrate: Annotated[int, Field(ge=50, le=4_000_000)] = 9600
+    bytesize: Literal[5, 6, 7, 8] = 8
+    parity: Literal["N", "E", "O", "M", "S"] = "N"
+    stopbits: Literal[1, 1.5, 2] = 1
+    # Lock the device (flock) so no second reader splits the stream; device paths only.
+    exclusive: bool = True
+    # Reopen delay after the device vanished: doubles from min to max, jittered.
+    reconnect_min_s: Annotated[float, Field(ge=0.01, le=60)] = 0.2
+    reconnect_max_s: Annotated[float, Field(ge=0.01, le=600)] = 10
+
+    @model_validator(mode="after")
+    def _backoff(self) -> LaneSection:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+
+class PosSection(Section):
+    """What every lane shares: dialect files and the loyalty salt."""
+
+    # Where dialect names in [[lanes]] are looked up (install.sh copies the shipped ones).
+    dialects_dir: ConfigPath = Path("/etc/store-gateway/pos")
+    # The fleet's loyalty salt (mode 0600), or $STORE_GATEWAY_LOYALTY_SALT: without it
+    # loyalty scans are not linked to shoppers and no loyalty number goes upstream.
+    loyalty_salt_file: ConfigPath | None = None
+    # Seconds over which a lane's printable ratio is judged for the wrong-baud warning.
+    wrong_baud_window_s: Annotated[float, Field(ge=0.2, le=60)] = 1.0
+
+
 class GatewayConfig(Section):
     store: StoreSection
     storage: StorageSection = StorageSection()
@@ -238,9 +286,17 @@ class GatewayConfig(Section):
     satellites: Annotated[tuple[SatelliteSection, ...], Field(strict=False)] = ()
     reference_beacons: Annotated[tuple[ReferenceBeaconSection, ...], Field(strict=False)] = ()
     presence: PresenceSection = PresenceSection()
+    pos: PosSection = PosSection()
+    lanes: Annotated[tuple[LaneSection, ...], Field(strict=False)] = ()
 
     @model_validator(mode="after")
     def _unique_scanners(self) -> GatewayConfig:
+        lane_ids = [lane.id for lane in self.lanes]
+        if len(set(lane_ids)) != len(lane_ids):
+            raise ValueError("lanes: ids must be unique")
+        ports = [lane.port for lane in self.lanes]
+        if len(set(ports)) != len(ports):
+            raise ValueError("lanes: two lanes read the same port")
         ids = [s.id for s in self.satellites]
         if "pi" in ids:
             raise ValueError("satellites: 'pi' is the gateway's own radio; pick another id")
@@ -291,6 +347,7 @@ def _check_secret_files(config: GatewayConfig) -> list[tuple[str, str]]:
             candidates.append((f"{name}.tls.key_file", section.tls.key_file))
             candidates.append((f"{name}.tls.cert_file", section.tls.cert_file))
             candidates.append((f"{name}.tls.ca_file", section.tls.ca_file))
+    candidates.append(("pos.loyalty_salt_file", config.pos.loyalty_salt_file))
     for path_name, path in candidates:
         if path is None:
             continue
@@ -302,7 +359,7 @@ def _check_secret_files(config: GatewayConfig) -> list[tuple[str, str]]:
         except ValueError as exc:  # a NUL byte in the path (TOML allows "\u0000")
             problems.append((path_name, f"not a usable path: {exc}"))
             continue
-        if path_name.endswith(("password_file", "key_file")) and st.st_mode & (
+        if path_name.endswith(("password_file", "key_file", "salt_file")) and st.st_mode & (
             stat.S_IRWXG | stat.S_IRWXO
         ):
             problems.append(
@@ -335,9 +392,37 @@ def parse_config(raw: dict[str, Any]) -> GatewayConfig:
     if problems:
         raise ConfigError(problems)
     problems.extend(_check_secret_files(config))
+    problems.extend(_check_dialects(config))
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def dialect_path(config: GatewayConfig, dialect: str) -> Path:
+    """A lane's dialect file: a path as given, or a name looked up in pos.dialects_dir."""
+    if "/" in dialect or dialect.endswith(".toml"):
+        return Path(dialect)
+    return config.pos.dialects_dir / f"{dialect}.toml"
+
+
+def _check_dialects(config: GatewayConfig) -> list[tuple[str, str]]:
+    """Every lane's dialect loads (bad regexes and unknown keys are found now, not at 3 am)."""
+    from gateway.sensing.pos_dialect import DialectError, load_dialect
+
+    problems: list[tuple[str, str]] = []
+    for i, lane in enumerate(config.lanes):
+        path = dialect_path(config, lane.dialect)
+        try:
+            load_dialect(path)
+        except DialectError as exc:
+            problems.extend(
+                (
+                    f"lanes.{i}.dialect",
+                    f"{where}: {what}" if where == exc.source else f"{exc.source}: {where}: {what}",
+                )
+                for where, what in exc.problems
+            )
+    return problems
 
 
 def resolve_config_path(path: str | os.PathLike[str] | None) -> Path:

@@ -2,9 +2,11 @@
 
 Two private Mosquitto brokers ("store" and "HQ") on free loopback ports, the
 real daemon as a child process on a temporary config with a scripted event
-source, a live view from the store broker's health topic, an HQ outage in the
-middle (the outbox fills, then drains), and a summary of what was produced,
-what HQ received and what was lost.
+source, opted-in and foreign shoppers walking past a replayed radio and three
+satellites, a checkout lane on a real pty where receipts are scanned item by
+item (gateway/demo_pos.py), a live view from the store broker's health topic,
+an HQ outage in the middle (the outbox fills, then drains), and a summary of
+what was produced, what HQ received and what was lost.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from gateway.demo_pos import SALT as LOYALTY_SALT
+from gateway.demo_pos import DemoTill
 from gateway.demo_shoppers import DemoShoppers
 from gateway.publish import topics
 from gateway.testing.daemon import GatewayProcess, config_text, gateway_sections
@@ -92,7 +96,10 @@ class LiveView:
         sim = health.get("simulation", {})
         shoppers = health.get("shoppers", {})
         res = shoppers.get("resolver", {})
-        presence = shoppers.get("presence", {})
+        presence = shoppers.get("presence") or {}
+        pos = health.get("pos", {})
+        lane = pos.get("lanes", {}).get("lane-1", {})
+        sales = pos.get("transactions", {})
         rows = [
             f"store-gateway demo  t={elapsed:5.1f}s  phase: {phase}",
             f"  produced    {sim.get('produced', 0):>7} / {total}",
@@ -106,6 +113,10 @@ class LiveView:
             f"arrivals {shoppers.get('events', {}).get('arrived', 0)}  "
             f"adverts: resolved {res.get('resolved', 0)}, foreign dropped "
             f"{res.get('foreign_dropped', 0)}",
+            f"  lane-1      {'open' if lane.get('connected') else 'DOWN'}  "
+            f"sales {sales.get('complete', 0)} complete, {sales.get('incomplete', 0)} incomplete  "
+            f"loyalty linked {pos.get('loyalty', {}).get('linked', 0)}  "
+            f"{lane.get('bytes', 0)} bytes",
         ]
         if self.tty:
             if self._drawn:
@@ -119,7 +130,8 @@ class LiveView:
                 f"[{elapsed:5.1f}s] {phase:<22} produced={sim.get('produced', 0)} "
                 f"outbox={outbox.get('depth', 0)} hq={'up' if hq.get('connected') else 'down'} "
                 f"received={received} present={presence.get('present', 0)} "
-                f"foreign_dropped={res.get('foreign_dropped', 0)}",
+                f"foreign_dropped={res.get('foreign_dropped', 0)} "
+                f"sales={sales.get('complete', 0)}",
                 flush=True,
             )
 
@@ -135,10 +147,20 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
         flush=True,
     )
     shoppers = DemoShoppers(time.time() + 2.0, workdir)
+    till = DemoTill(
+        workdir,
+        shoppers.checkouts,
+        anonymous_at=[shoppers.start_at + 20.0, shoppers.start_at + 50.0],
+    )
     print(
         f"  shoppers: {len(shoppers.opted_in)} opted in and {shoppers.foreign_devices} foreign "
         f"devices walk entrance -> produce -> checkout (Pi radio replayed, three "
         f"OpenMQTTGateway satellites over MQTT)",
+        flush=True,
+    )
+    print(
+        f"  checkout: {till.receipts} receipts scanned item by item on lane-1 (a real pty, "
+        f"the journal-dvr dialect), one with a loyalty scan and a card payment",
         flush=True,
     )
     store = MosquittoBroker(workdir / "store-broker", name="store").start()
@@ -157,17 +179,20 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
                 simulation={
                     "events_per_s": events_per_s,
                     "max_events": total,
-                    "kinds": ["presence", "transaction", "telemetry"],
+                    # Sales come from the lane; the scripted source adds volume only.
+                    "kinds": ["presence", "telemetry"],
                 },
                 outbox={"loss_report_interval_s": 5},
                 store_broker={"health_interval_s": 0.5},
                 log={"format": "json", "level": "info"},
                 **shoppers.config_sections(),
+                **till.config_sections(),
             )
         )
     )
     gateway = GatewayProcess(cfg, workdir / "gateway.log").start()
     shoppers.start_satellites(store.port)
+    till.start()
     profiles_pushed = False
     view = LiveView()
     started = time.monotonic()
@@ -177,13 +202,15 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
     drained_at: float | None = None
     rc: int | None = None
     try:
-        shoppers_done = started + (shoppers.ends_at - time.time())
+        shoppers_done = started + (max(shoppers.ends_at, till.ends_at) - time.time())
         deadline = max(started + duration_s + outage_s, shoppers_done) + DRAIN_GRACE_S
         while time.monotonic() < deadline:
             elapsed = time.monotonic() - started
             if not profiles_pushed and watcher.snapshot()[0].get("hq", {}).get("connected"):
                 time.sleep(0.5)  # the downlink subscription follows the connect
-                profiles_pushed = shoppers.push_profiles(hq.port, STORE_ID) > 0
+                profiles_pushed = (
+                    shoppers.push_profiles(hq.port, STORE_ID, till.loyalty_ids(), LOYALTY_SALT) > 0
+                )
             if not gateway.running:
                 phase = "gateway exited"
                 break
@@ -206,7 +233,8 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
                 and produced >= total
                 and depth == 0
                 and time.monotonic() >= shoppers_done
-                and not health.get("shoppers", {}).get("presence", {}).get("present")
+                and not (health.get("shoppers", {}).get("presence") or {}).get("present")
+                and len(receiver.of_kind("transaction")) >= till.receipts
                 and receiver.count() >= _committed_count(db)
             ):
                 drained_at = elapsed
@@ -227,6 +255,7 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
         shed = sum(health.get("outbox", {}).get("shed_total", {}).values())
         scores = shoppers.score(dict(receiver.presence))
         resolver = health.get("shoppers", {}).get("resolver", {})
+        sales = receiver.of_kind("transaction")
         summary = {
             "produced": committed,
             "received_at_hq": received,
@@ -242,9 +271,15 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
             **scores,
             "foreign_adverts_dropped": resolver.get("foreign_dropped"),
             "adverts_resolved": resolver.get("resolved"),
+            "receipts_scanned": till.receipts,
+            "transactions_at_hq": len(sales),
+            "transactions_complete": sum(t.get("status") == "complete" for t in sales),
+            "items_sold": sum(len(t.get("items") or []) for t in sales),
+            "sales_linked_to_visits": sum(bool(t.get("visit")) for t in sales),
         }
     finally:
         shoppers.stop()
+        till.stop()
         if gateway.running:
             gateway.kill()
         watcher.stop()
@@ -261,6 +296,8 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
         and drained_at is not None
         and summary["shoppers_detected"] == summary["shoppers_opted_in"]
         and bool(summary["foreign_adverts_dropped"])
+        and summary["transactions_complete"] == summary["receipts_scanned"]
+        and summary["sales_linked_to_visits"] >= 1
     )
     if ok:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -59,6 +59,9 @@ class DemoShoppers:
             sim.SimShopper(f"shopper-{seed}", rng.randbytes(32), seed) for seed in OPTED_IN_SEEDS
         ]
         self.walks: dict[str, Walk] = {}
+        # When each opted-in shopper reaches the checkout zone (unix time): the till
+        # serves them from there (gateway/demo_pos.py).
+        self.checkouts: list[tuple[str, float]] = []
         self.foreign_devices = len(FOREIGN_SEEDS)
         streams = []
         exits = []
@@ -71,6 +74,11 @@ class DemoShoppers:
                 beacons=(i == 0),  # one set of reference beacons for the whole store
             )
             self.walks[shopper.shopper] = walk
+            at_till = [iv.start_s for iv in walk.truth if iv.zone == "checkout"]
+            if at_till:
+                self.checkouts.append(
+                    (shopper.shopper, enter_at + at_till[-1] - walk.entered_s + 2.0)
+                )
             exits.append(enter_at + walk.duration_s)
             streams.append([(*a, self._address(rng)) for a in adverts])
         for j, seed in enumerate(FOREIGN_SEEDS):
@@ -117,14 +125,23 @@ class DemoShoppers:
             "presence": {"left_after_s": LEFT_AFTER_S},
         }
 
-    def push_profiles(self, hq_port: int, store_id: str) -> int:
-        """Publish the opted-in shoppers to HQ's broker, as ``hq push-profiles`` would."""
+    def push_profiles(
+        self,
+        hq_port: int,
+        store_id: str,
+        loyalty: dict[str, list[str]] | None = None,
+        salt: bytes | None = None,
+    ) -> int:
+        """Publish the opted-in shoppers to HQ's broker, as ``hq push-profiles`` would
+        (``loyalty``: shopper -> loyalty numbers, hashed here with ``salt``)."""
+        loyalty = loyalty or {}
         doc = {"shoppers": [
             {"shopper": s.shopper, "root_key": s.root_key.hex(),
-             "consent": {"scopes": ["presence", "analytics", "associate_assist"]}}
+             "consent": {"scopes": ["presence", "analytics", "associate_assist"]},
+             **({"loyalty_ids": loyalty[s.shopper]} if s.shopper in loyalty else {})}
             for s in self.opted_in
         ]}
-        messages = tools.profiles_messages(doc, dt.datetime.now(dt.UTC), None)
+        messages = tools.profiles_messages(doc, dt.datetime.now(dt.UTC), salt)
         pub = tools.Publisher("127.0.0.1", hq_port)
         try:
             return pub.publish_all(topics.hq_down(store_id, "profiles"), messages, 10)

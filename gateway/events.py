@@ -89,3 +89,53 @@ class Sighting(NamedTuple):
     ts: float  # clock seconds (unix time)
     tx_power: int | None = None  # measured power at 1 m (dBm) when the frame carries it
     reference: bool = False  # a fixed reference beacon used for calibration
+
+
+# -- the POS stage's events, for the stages after it ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BasketItem:
+    """One line of a basket as the receipt printed it (decimal strings; None when unseen)."""
+
+    code: str | None
+    description: str | None
+    quantity: str | None
+    unit: str | None
+    amount: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BasketChanged:
+    """A lane's open transaction changed (an item, a void, a discount, a loyalty scan...).
+
+    ``shopper`` and ``visit`` are set once a loyalty scan linked an opted-in
+    shopper; they are for the decision stage, never for a screen.
+    """
+
+    lane: str
+    transaction: str | None
+    change: str  # "started", "item", "void", "discount", "loyalty", "total"
+    items: tuple[BasketItem, ...]
+    total: str | None
+    shopper: str | None
+    visit: str | None
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutCompleted:
+    """A lane's transaction ended: ``status`` is complete, cancelled or incomplete."""
+
+    lane: str
+    transaction: str | None
+    status: str
+    items: tuple[BasketItem, ...]
+    total: str | None
+    totals_match: bool | None
+    shopper: str | None
+    visit: str | None
+    ts: float
+
+
+PosNotice = BasketChanged | CheckoutCompleted

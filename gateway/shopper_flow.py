@@ -84,13 +84,19 @@ class ShopperFlow:
         offsets = {s.id: s.rssi_offset_db for s in cfg.satellites if s.rssi_offset_db}
         if cfg.ble.enabled and cfg.ble.rssi_offset_db:
             offsets[PI_SCANNER] = cfg.ble.rssi_offset_db
-        self.tracker = PresenceTracker(
-            scanner_zones(cfg),
-            params,
-            offsets,
-            beacons=[
-                ReferenceBeacon(b.id, b.scanner, b.expected_rssi_dbm) for b in cfg.reference_beacons
-            ],
+        # No scanner (POS lanes only): no presence, but visits still open on a loyalty scan.
+        self.tracker: PresenceTracker | None = (
+            PresenceTracker(
+                scanner_zones(cfg),
+                params,
+                offsets,
+                beacons=[
+                    ReferenceBeacon(b.id, b.scanner, b.expected_rssi_dbm)
+                    for b in cfg.reference_beacons
+                ],
+            )
+            if scanner_zones(cfg)
+            else None
         )
         self.visits = VisitTracker(VisitParams(visit_gap_s=cfg.presence.visit_gap_s))
         self._queue: collections.deque[Sighting] = collections.deque()
@@ -163,7 +169,8 @@ class ShopperFlow:
         if self._building:
             self._erased_during_build |= shoppers
         for shopper in shoppers:
-            self.tracker.forget(shopper)
+            if self.tracker is not None:
+                self.tracker.forget(shopper)
             self.visits.forget(shopper)
         if self._queue:
             kept = [s for s in self._queue if s.subject not in shoppers]
@@ -173,8 +180,25 @@ class ShopperFlow:
 
     # -- tasks ------------------------------------------------------------------------
 
+    def identify(self, shopper: str, source: str, ts: float, zone: str | None = None) -> str | None:
+        """A shopper identified themselves (a POS loyalty scan, a kiosk): their visit id.
+
+        Only a shopper whose consent is live is linked; anyone else gets None and
+        nothing is kept. The signal opens or extends the visit (visit events go
+        upstream within ``analytics`` consent, as BLE's do).
+        """
+        consent = self.directory.consent(shopper)
+        if consent is None or not consent.active(self.clock.wall()):
+            return None
+        self._send_visits(self.visits.signal(shopper, source, ts, zone))
+        return self.visits.visit_of(shopper)
+
     def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
-        return {"presence": self._presence_loop(), "token-tables": self._table_loop()}
+        tasks = {"presence": self._presence_loop()}
+        if scanner_zones(self.cfg):
+            # Without a scanner there are no tokens to resolve (POS lanes only).
+            tasks["token-tables"] = self._table_loop()
+        return tasks
 
     async def _presence_loop(self) -> None:
         last_tick = self.clock.monotonic()
@@ -189,7 +213,8 @@ class ShopperFlow:
             events = self.drain(BATCH)
             if self.clock.monotonic() - last_tick >= TICK_S:
                 last_tick = self.clock.monotonic()
-                events += self.tracker.tick(self.clock.wall())
+                if self.tracker is not None:
+                    events += self.tracker.tick(self.clock.wall())
                 self._send_visits(self.visits.tick(self.clock.wall()))
             self.handle(events)
             if self._queue:
@@ -199,6 +224,9 @@ class ShopperFlow:
         """Feed up to ``limit`` queued sightings to the tracker; the events they caused."""
         events: list[PresenceEvent] = []
         queue = self._queue
+        if self.tracker is None:
+            queue.clear()
+            return events
         observe = self.tracker.observe
         for _ in range(min(limit, len(queue))):
             out = observe(queue.popleft())
@@ -327,7 +355,7 @@ class ShopperFlow:
             "events": dict(self.events),
             "upstream": self.upstream,
             "upstream_rejected": self.upstream_rejected,
-            "presence": self.tracker.stats(),
+            "presence": self.tracker.stats() if self.tracker is not None else None,
             "visits": self.visits.stats(),
         }
 

@@ -13,7 +13,7 @@ import pytest
 @pytest.mark.timeout(480)
 def test_demo_summary_json_reports_nothing_lost() -> None:
     """`store-gateway demo --summary-json` exits 0: nothing lost, every opted-in shopper
-    detected, foreign adverts dropped."""
+    detected, foreign adverts dropped, every receipt scanned at the lane sold."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -44,3 +44,8 @@ def test_demo_summary_json_reports_nothing_lost() -> None:
     assert summary["shoppers_detected"] == summary["shoppers_opted_in"] == 4
     assert summary["foreign_adverts_dropped"] > 1000
     assert summary["adverts_resolved"] > 0
+    # The lane: every receipt scanned on the pty reached HQ complete, one linked to a visit.
+    assert summary["receipts_scanned"] == summary["transactions_at_hq"] == 6
+    assert summary["transactions_complete"] == 6
+    assert summary["items_sold"] >= 18
+    assert summary["sales_linked_to_visits"] == 1

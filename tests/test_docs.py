@@ -57,7 +57,10 @@ def test_every_health_field_is_documented(tmp_path: Path) -> None:
                         "simulation": {"events_per_s": 1},
                         "ble": {"enabled": True},
                         "satellites": [{"id": "sat-1", "firmware": "openmqttgateway",
-                                        "zone": "produce"}]})
+                                        "zone": "produce"}],
+                        "lanes": [{"id": "lane-1", "port": str(tmp_path / "ttyPOS"),
+                                   "dialect": str(DOCS.parent / "firmware_configs" / "pos"
+                                                  / "journal-dvr.toml")}]})
     health = Gateway(cfg).health()
     text = (DOCS / "mqtt-api.md").read_text()
     fields = []

@@ -11,8 +11,6 @@ this tool.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 import json
 import os
 import ssl
@@ -26,6 +24,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway.errors import ConfigError
+from gateway.identity.loyalty import loyalty_hash
 from gateway.identity.tokens import day_key
 from gateway.publish import topics
 
@@ -34,12 +33,6 @@ PAGE_BYTES = 120 * 1024
 # Day keys sent per shopper: today and tomorrow (CONTRACTS section 2).
 DAYS_AHEAD = 2
 DEFAULT_PROFILE_DAYS = 7
-
-
-def loyalty_hash(salt: bytes, loyalty_number: str) -> str:
-    """The salted hash stores match POS loyalty scans against (digits only, HMAC-SHA256)."""
-    digits = "".join(ch for ch in loyalty_number if ch.isdigit())
-    return hmac.new(salt, digits.encode(), hashlib.sha256).hexdigest()
 
 
 def profile_entry(shopper: dict[str, Any], now: dt.datetime, salt: bytes | None) -> dict[str, Any]:

@@ -22,6 +22,8 @@ class ShopperDirectory:
     def __init__(self) -> None:
         self._profiles: dict[str, Profile] = {}
         self._consents: dict[str, Consent] = {}
+        # Salted loyalty hash -> shopper, for POS loyalty scans (gateway/identity/loyalty.py).
+        self._loyalty: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self._profiles)
@@ -30,6 +32,7 @@ class ShopperDirectory:
         """Replace everything with what the profile cache holds."""
         self._profiles = {p.shopper: p for p in profiles}
         self._consents = {c.shopper: c for c in consents}
+        self._loyalty = {h: p.shopper for p in self._profiles.values() for h in p.loyalty_hashes}
 
     def apply(
         self,
@@ -38,11 +41,34 @@ class ShopperDirectory:
         erased: Iterable[str],
     ) -> None:
         """Take one committed batch of downlink changes (erasures last: they win)."""
-        self._profiles.update(profiles)
+        for shopper, profile in profiles.items():
+            self._drop_loyalty(shopper)
+            self._profiles[shopper] = profile
+            for h in profile.loyalty_hashes:
+                self._loyalty[h] = shopper
         self._consents.update(consents)
         for shopper in erased:
+            self._drop_loyalty(shopper)
             self._profiles.pop(shopper, None)
             self._consents.pop(shopper, None)
+
+    def _drop_loyalty(self, shopper: str) -> None:
+        old = self._profiles.get(shopper)
+        if old is not None:
+            for h in old.loyalty_hashes:
+                if self._loyalty.get(h) == shopper:
+                    del self._loyalty[h]
+
+    def by_loyalty(self, loyalty_hash: str, now_s: float) -> str | None:
+        """The shopper a salted loyalty hash belongs to, while their consent is live."""
+        shopper = self._loyalty.get(loyalty_hash)
+        if shopper is None:
+            return None
+        c = self._consents.get(shopper)
+        p = self._profiles.get(shopper)
+        if c is None or p is None or not c.active(now_s) or p.expires_at <= now_s:
+            return None
+        return shopper
 
     def consent(self, shopper: str) -> Consent | None:
         return self._consents.get(shopper)

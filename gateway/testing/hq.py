@@ -32,6 +32,9 @@ class HqReceiver:
         self.bad_payloads = 0
         # Presence events by event id (the demo scores zone sequences from them).
         self.presence: dict[str, dict[str, Any]] = {}
+        # The data of every event of these kinds, by event id (tests read them back).
+        self.kept_kinds = {"transaction", "visit", "decision", "conversion", "impression"}
+        self.data: dict[str, dict[str, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._client = paho.Client(
@@ -87,6 +90,14 @@ class HqReceiver:
                 self.loss_reports.append(doc)
             elif doc.get("kind") == "presence" and isinstance(doc.get("data"), dict):
                 self.presence.setdefault(doc.get("id", ""), doc["data"])
+            elif doc.get("kind") in self.kept_kinds and isinstance(doc.get("data"), dict):
+                self.data.setdefault(doc["kind"], {}).setdefault(doc.get("id", ""), doc["data"])
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        """The data of the distinct events of ``kind`` received (a kept kind), in id order."""
+        with self._lock:
+            kept = dict(self.data.get(kind, {}))
+        return [kept[i] for i in sorted(kept, key=lambda i: int(i.rsplit(":", 1)[-1] or 0))]
 
     def count(self) -> int:
         with self._lock:

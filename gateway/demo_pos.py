@@ -1,0 +1,121 @@
+"""The demo store's checkout lane: a real kernel pty, receipts scanned item by item.
+
+The till writes the shipped ``journal-dvr`` dialect's lines (one per event, as a
+journal/DVR port prints them while the cashier scans) through a pty whose
+slave the daemon reads as lane ``lane-1``. Each opted-in shopper checks out
+once their walk reaches the checkout zone; the first scans their loyalty card
+(the demo's profiles carry its salted hash, so the sale links to their visit)
+and pays by card, whose number the dialect drops. Shoppers who did not opt in
+check out too, anonymously.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import gateway
+from gateway.testing.pty_lane import PtyLane
+from gateway.testing.receipts import GROCERIES, journal_receipt
+
+LANE = "lane-1"
+DIALECT = "journal-dvr"
+# The demo fleet's loyalty salt (a real fleet's is a secret file HQ and stores share).
+SALT = b"demo-fleet-salt"
+# The card the first opted-in shopper scans (their profile carries its salted hash).
+LOYALTY_NUMBER = "9900011122233"
+TEST_CARD = "4111111111111111"  # the well-known test PAN: the dialect drops its line
+SCAN_GAP_S = 1.2  # between two scanned lines
+RECEIPT_GAP_S = 2.0  # between two customers at the lane
+
+
+def dialects_dir() -> Path:
+    """The shipped dialects: the checkout's firmware_configs/pos, else what install.sh put
+    in /etc/store-gateway/pos."""
+    checkout = Path(gateway.__file__).resolve().parent.parent / "firmware_configs" / "pos"
+    if (checkout / f"{DIALECT}.toml").exists():
+        return checkout
+    return Path("/etc/store-gateway/pos")
+
+
+class DemoTill:
+    """Receipts at their moments, written through a pty from a thread."""
+
+    def __init__(
+        self, workdir: Path, checkouts: list[tuple[str, float]], anonymous_at: list[float]
+    ) -> None:
+        rng = random.Random(4)
+        self.workdir = workdir
+        self.pty = PtyLane(workdir / "ttyLANE1")
+        self.salt_file = workdir / "loyalty.salt"
+        self.salt_file.write_bytes(SALT)
+        os.chmod(self.salt_file, 0o600)
+        # (when, who, lines); the lane serves one customer at a time.
+        sales: list[tuple[float, str | None]] = sorted(
+            [(at, shopper) for shopper, at in checkouts] + [(at, None) for at in anonymous_at],
+            key=lambda s: s[0],
+        )
+        self.loyalty_shopper = checkouts[0][0] if checkouts else None
+        self.schedule: list[tuple[float, bytes]] = []
+        free_at = 0.0
+        for number, (at, shopper) in enumerate(sales, start=101):
+            items = rng.sample(list(GROCERIES), rng.randint(3, 5))
+            lines = journal_receipt(
+                number,
+                items,
+                lane="L01",
+                loyalty=LOYALTY_NUMBER if shopper == self.loyalty_shopper else None,
+                card=TEST_CARD if shopper == self.loyalty_shopper else None,
+            )
+            start = max(at, free_at)
+            for i, line in enumerate(lines):
+                self.schedule.append((start + i * SCAN_GAP_S, line))
+            free_at = start + len(lines) * SCAN_GAP_S + RECEIPT_GAP_S
+        self.receipts = len(sales)
+        self.ends_at = free_at
+        self.written = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def loyalty_ids(self) -> dict[str, list[str]]:
+        """Shopper -> loyalty numbers, for the profiles HQ pushes (hashed with SALT)."""
+        return {self.loyalty_shopper: [LOYALTY_NUMBER]} if self.loyalty_shopper else {}
+
+    def config_sections(self) -> dict[str, Any]:
+        return {
+            "pos": {"dialects_dir": str(dialects_dir()), "loyalty_salt_file": str(self.salt_file)},
+            "lanes": [
+                {
+                    "id": LANE,
+                    "port": str(self.pty.link),
+                    "dialect": DIALECT,
+                    "zone": "checkout",
+                    "reconnect_min_s": 0.1,
+                    "reconnect_max_s": 1.0,
+                }
+            ],
+        }
+
+    def start(self) -> None:
+        def play() -> None:
+            for at, line in self.schedule:
+                delay = at - time.time()
+                if delay > 0 and self._stop.wait(delay):
+                    return
+                with contextlib.suppress(OSError, TimeoutError):
+                    self.pty.write(line, timeout_s=5)
+                    self.written += 1
+
+        self._thread = threading.Thread(target=play, name="demo-till", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self.pty.close()
