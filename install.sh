@@ -23,7 +23,8 @@ Default (production, e.g. on the store's Raspberry Pi):
   - /etc/store-gateway (0750 root:storegw) with gateway.toml copied from
     gateway/gateway.example.toml only when absent: an existing one is never touched,
     and the shipped POS dialects in /etc/store-gateway/pos/ (each only when absent)
-  - /var/lib/store-gateway (0750 storegw): database, outbox, models
+  - /var/lib/store-gateway (0750 storegw): database, outbox, models (the shipped
+    default bundle in models/default, refreshed on every run)
   - Mosquitto for the store: /etc/mosquitto/conf.d/store-gateway.conf
     (listener on 127.0.0.1:1883, persistence on)
   - usbserial and cdc_acm loaded at boot (/etc/modules-load.d/store-gateway.conf)
@@ -248,6 +249,17 @@ install_config_and_state() {
     done
     install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR"
     log "state: $STATE_DIR (0750 $SERVICE_USER)"
+    # The shipped default model bundle (models/README.md), refreshed on every run so an
+    # upgrade brings its new default; bundles HQ sends live beside it.
+    if [[ -f $SRC_DIR/models/default/manifest.json ]]; then
+        install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR/models"
+        rm -rf "$STATE_DIR/models/default.new"
+        cp -r "$SRC_DIR/models/default" "$STATE_DIR/models/default.new"
+        chown -R "$SERVICE_USER:$SERVICE_USER" "$STATE_DIR/models/default.new"
+        rm -rf "$STATE_DIR/models/default"
+        mv "$STATE_DIR/models/default.new" "$STATE_DIR/models/default"
+        log "models: default bundle in $STATE_DIR/models/default"
+    fi
     # Run as the service user: this also proves it can read the file.
     if runuser -u "$SERVICE_USER" -- /usr/local/bin/store-gateway check-config \
         --config "$CONFIG_DIR/gateway.toml"; then

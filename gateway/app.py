@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.clock import Clock, SystemClock
@@ -23,6 +23,9 @@ from gateway.config import GatewayConfig
 from gateway.errors import StorageError
 from gateway.log import get_logger
 from gateway.pos_flow import PosFlow, read_loyalty_salt
+
+if TYPE_CHECKING:
+    from gateway.decision_flow import DecisionFlow
 from gateway.publish.downlink import Downlink
 from gateway.publish.hq_link import HqLink
 from gateway.publish.local_bus import LocalBus
@@ -112,6 +115,22 @@ class Gateway:
             if cfg.lanes
             else None
         )
+        self.decision: DecisionFlow | None = None
+        if cfg.decision.enabled:
+            from gateway.decision_flow import DecisionFlow
+
+            conn = self.bus.conn
+            self.decision = DecisionFlow(
+                cfg,
+                self.clock,
+                self.outbox,
+                lambda topic, payload, retain: conn.publish(topic, payload, qos=1, retain=retain),
+                shoppers=self.flow,
+                pos=self.pos,
+            )
+            if self.downlink is not None:
+                decision = self.decision
+                self.downlink.on_change(lambda ch: _decision_changes(decision, ch))
         self.simulation = ScriptedEventSource(cfg.simulation, self.clock, self.outbox.enqueue)
 
     # -- health -------------------------------------------------------------------
@@ -150,6 +169,8 @@ class Gateway:
             doc["shoppers"] = self.flow.stats()
         if self.pos is not None:
             doc["pos"] = self.pos.stats()
+        if self.decision is not None:
+            doc["decision"] = self.decision.stats()
         if self.cfg.simulation.events_per_s > 0:
             doc["simulation"] = {
                 "produced": self.simulation.produced,
@@ -192,6 +213,9 @@ class Gateway:
                 tasks["ble-scanner"] = self.scanner.run()
             if self.pos is not None:
                 tasks.update(self.pos.tasks())
+            if self.decision is not None:
+                self.decision.stock.update(await self.writer.run(_load_stock))
+                tasks.update(self.decision.tasks())
             self.notifier.ready(status=f"store {self.cfg.store.id} running")
             self.log.info("gateway_ready", tasks=sorted(tasks))
             try:
@@ -220,6 +244,8 @@ class Gateway:
         if self.hq is not None:
             closes.append(self.hq.close(remaining / 2))
         results = await asyncio.gather(*closes, return_exceptions=True)
+        if self.decision is not None:
+            self.decision.ranker.close()
         await asyncio.to_thread(self.writer.close)
         self.notifier.close()
         self.log.info(
@@ -265,6 +291,17 @@ def _ble_backend(cfg: GatewayConfig) -> type | None:
         assert cfg.ble.replay_file is not None  # the config validator insists
         return replay_backend(cfg.ble.replay_file)
     return None
+
+
+def _decision_changes(decision: DecisionFlow, ch: Any) -> None:
+    if ch.erased:
+        decision.on_erased(set(ch.erased))
+    if ch.stock or ch.stock_replaced:
+        decision.on_stock(ch.stock, ch.stock_replaced)
+
+
+def _load_stock(conn: Any) -> dict[str, float]:
+    return {item: qty for item, qty in conn.execute("SELECT item, quantity FROM stock")}
 
 
 def _ping_db(conn: Any) -> None:

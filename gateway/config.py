@@ -271,6 +271,64 @@ class PosSection(Section):
     wrong_baud_window_s: Annotated[float, Field(ge=0.2, le=60)] = 1.0
 
 
+ExperimentId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+ItemId = Annotated[str, Field(min_length=1, max_length=64)]
+Hex32Key = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+
+
+class DecisionSection(Section):
+    """The next best action: the ranker, its rules and the triggers that ask it."""
+
+    enabled: bool = True
+    # The model bundle (CONTRACTS section 5); a missing or broken one means the
+    # popularity fallback, counted in health. The default is the shipped bundle.
+    bundle_dir: ConfigPath | None = None
+    # Ed25519 public keys (hex) whose signature a bundle must carry; empty: none needed.
+    trusted_keys: Annotated[tuple[Hex32Key, ...], Field(strict=False)] = ()
+    # onnxruntime intra-op threads: the Pi's CPU is shared with everything else.
+    threads: Annotated[int, Field(ge=1, le=4)] = 1
+    # Items per decision.
+    k: Annotated[int, Field(ge=1, le=50)] = 5
+    # The same item is shown at most this often per visit, and at most this many
+    # decisions are made per visit and trigger.
+    item_cap_per_visit: Annotated[int, Field(ge=1, le=100)] = 2
+    decisions_per_visit: Annotated[int, Field(ge=1, le=1000)] = 10
+    # Never recommended: item ids, and id prefixes (a category's code range).
+    exclude_items: Annotated[tuple[ItemId, ...], Field(strict=False)] = ()
+    exclude_prefixes: Annotated[tuple[ItemId, ...], Field(strict=False)] = ()
+    # Which triggers run.
+    on_arrival: bool = True
+    on_dwell: bool = True
+    on_basket: bool = True
+    # Upstream experiment summaries, per hour.
+    summary_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 3600
+
+
+class ArmSection(Section):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+    weight: Annotated[float, Field(gt=0, le=1000)] = 1
+    # What this arm shows: the model's ranking, the popularity fallback, or nothing.
+    strategy: Literal["model", "popular", "none"] = "model"
+
+
+class ExperimentSection(Section):
+    id: ExperimentId
+    # Assignment is sha256(salt / id / shopper): a new salt reshuffles everyone.
+    salt: Annotated[str, Field(min_length=8, max_length=128)]
+    # Share of shoppers who see nothing, while what they would have seen is recorded.
+    holdout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    arms: Annotated[tuple[ArmSection, ...], Field(strict=False, min_length=1, max_length=16)]
+
+    @model_validator(mode="after")
+    def _arms(self) -> ExperimentSection:
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError("arm names must be unique")
+        if "holdout" in names:
+            raise ValueError("'holdout' is the holdout's own arm; pick another name")
+        return self
+
+
 class GatewayConfig(Section):
     store: StoreSection
     storage: StorageSection = StorageSection()
@@ -288,12 +346,17 @@ class GatewayConfig(Section):
     presence: PresenceSection = PresenceSection()
     pos: PosSection = PosSection()
     lanes: Annotated[tuple[LaneSection, ...], Field(strict=False)] = ()
+    decision: DecisionSection = DecisionSection()
+    experiments: Annotated[tuple[ExperimentSection, ...], Field(strict=False, max_length=8)] = ()
 
     @model_validator(mode="after")
     def _unique_scanners(self) -> GatewayConfig:
         lane_ids = [lane.id for lane in self.lanes]
         if len(set(lane_ids)) != len(lane_ids):
             raise ValueError("lanes: ids must be unique")
+        experiment_ids = [e.id for e in self.experiments]
+        if len(set(experiment_ids)) != len(experiment_ids):
+            raise ValueError("experiments: ids must be unique")
         ports = [lane.port for lane in self.lanes]
         if len(set(ports)) != len(ports):
             raise ValueError("lanes: two lanes read the same port")

@@ -11,6 +11,7 @@ what was produced, what HQ received and what was lost.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import shutil
@@ -25,6 +26,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from gateway.demo_decisions import StoreView, demo_features, experiment_for
 from gateway.demo_pos import SALT as LOYALTY_SALT
 from gateway.demo_pos import DemoTill
 from gateway.demo_shoppers import DemoShoppers
@@ -98,6 +100,9 @@ class LiveView:
         res = shoppers.get("resolver", {})
         presence = shoppers.get("presence") or {}
         pos = health.get("pos", {})
+        decision = health.get("decision", {})
+        published = decision.get("published", {})
+        sources = decision.get("ranker", {}).get("sources", {})
         lane = pos.get("lanes", {}).get("lane-1", {})
         sales = pos.get("transactions", {})
         rows = [
@@ -117,6 +122,10 @@ class LiveView:
             f"sales {sales.get('complete', 0)} complete, {sales.get('incomplete', 0)} incomplete  "
             f"loyalty linked {pos.get('loyalty', {}).get('linked', 0)}  "
             f"{lane.get('bytes', 0)} bytes",
+            f"  decisions   alerts {published.get('arrival', 0)}  screens "
+            f"{published.get('dwell', 0)}  lane displays {published.get('basket', 0)}  "
+            f"(model {sources.get('model', 0)}, fallback {sources.get('fallback', 0)})  "
+            f"conversions {decision.get('conversions', 0)}",
         ]
         if self.tty:
             if self._drawn:
@@ -147,11 +156,14 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
         flush=True,
     )
     shoppers = DemoShoppers(time.time() + 2.0, workdir)
+    view_holder: list[StoreView] = []
     till = DemoTill(
         workdir,
         shoppers.checkouts,
         anonymous_at=[shoppers.start_at + 20.0, shoppers.start_at + 50.0],
+        suggestion=lambda who: view_holder[0].suggestion(who) if view_holder else None,
     )
+    features = demo_features([s.shopper for s in shoppers.opted_in])
     print(
         f"  shoppers: {len(shoppers.opted_in)} opted in and {shoppers.foreign_devices} foreign "
         f"devices walk entrance -> produce -> checkout (Pi radio replayed, three "
@@ -167,6 +179,8 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
     hq = MosquittoBroker(workdir / "hq-broker", name="hq").start()
     receiver = HqReceiver(hq.port).start()
     watcher = HealthWatcher(store.port)
+    store_view = StoreView(store.port)
+    view_holder.append(store_view)
     db = workdir / "gateway.db"
     cfg = workdir / "gateway.toml"
     cfg.write_text(
@@ -187,6 +201,7 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
                 log={"format": "json", "level": "info"},
                 **shoppers.config_sections(),
                 **till.config_sections(),
+                experiments=[experiment_for(till.loyalty_shopper)],
             )
         )
     )
@@ -209,7 +224,10 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
             if not profiles_pushed and watcher.snapshot()[0].get("hq", {}).get("connected"):
                 time.sleep(0.5)  # the downlink subscription follows the connect
                 profiles_pushed = (
-                    shoppers.push_profiles(hq.port, STORE_ID, till.loyalty_ids(), LOYALTY_SALT) > 0
+                    shoppers.push_profiles(
+                        hq.port, STORE_ID, till.loyalty_ids(), LOYALTY_SALT, features
+                    )
+                    > 0
                 )
             if not gateway.running:
                 phase = "gateway exited"
@@ -276,10 +294,20 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
             "transactions_complete": sum(t.get("status") == "complete" for t in sales),
             "items_sold": sum(len(t.get("items") or []) for t in sales),
             "sales_linked_to_visits": sum(bool(t.get("visit")) for t in sales),
+            "recommendations_shown": sum(
+                bool(d.get("shown")) for d in receiver.of_kind("decision")
+            ),
+            "recommendations_by_source": dict(
+                collections.Counter(str(d.get("source")) for d in receiver.of_kind("decision"))
+            ),
+            **{f"store_{k}": v for k, v in store_view.counts().items()},
+            "suggestion_bought": till.took_suggestion,
+            "conversions": len(receiver.of_kind("conversion")),
         }
     finally:
         shoppers.stop()
         till.stop()
+        store_view.stop()
         if gateway.running:
             gateway.kill()
         watcher.stop()
@@ -298,6 +326,7 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
         and bool(summary["foreign_adverts_dropped"])
         and summary["transactions_complete"] == summary["receipts_scanned"]
         and summary["sales_linked_to_visits"] >= 1
+        and summary["recommendations_shown"] >= 1
     )
     if ok:
         shutil.rmtree(workdir, ignore_errors=True)

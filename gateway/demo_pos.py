@@ -16,12 +16,13 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gateway
 from gateway.testing.pty_lane import PtyLane
-from gateway.testing.receipts import GROCERIES, journal_receipt
+from gateway.testing.receipts import GROCERIES, ScannedItem, journal_receipt
 
 LANE = "lane-1"
 DIALECT = "journal-dvr"
@@ -47,7 +48,11 @@ class DemoTill:
     """Receipts at their moments, written through a pty from a thread."""
 
     def __init__(
-        self, workdir: Path, checkouts: list[tuple[str, float]], anonymous_at: list[float]
+        self,
+        workdir: Path,
+        checkouts: list[tuple[str, float]],
+        anonymous_at: list[float],
+        suggestion: Callable[[str], str | None] | None = None,
     ) -> None:
         rng = random.Random(4)
         self.workdir = workdir
@@ -55,32 +60,52 @@ class DemoTill:
         self.salt_file = workdir / "loyalty.salt"
         self.salt_file.write_bytes(SALT)
         os.chmod(self.salt_file, 0o600)
+        # What the associates suggested to a shopper (an item id), if anything: the
+        # loyalty shopper takes the first suggestion to the till.
+        self.suggestion = suggestion
+        self.took_suggestion: str | None = None
         # (when, who, lines); the lane serves one customer at a time.
         sales: list[tuple[float, str | None]] = sorted(
             [(at, shopper) for shopper, at in checkouts] + [(at, None) for at in anonymous_at],
             key=lambda s: s[0],
         )
         self.loyalty_shopper = checkouts[0][0] if checkouts else None
-        self.schedule: list[tuple[float, bytes]] = []
+        # (when, sale index, line index): lines are built when each sale starts, so
+        # that a shopper can buy what was suggested to them minutes before.
+        self.sales: list[tuple[int, str | None, list[ScannedItem]]] = []
+        self.schedule: list[tuple[float, int, int]] = []
         free_at = 0.0
-        for number, (at, shopper) in enumerate(sales, start=101):
+        for index, (at, shopper) in enumerate(sales):
             items = rng.sample(list(GROCERIES), rng.randint(3, 5))
-            lines = journal_receipt(
-                number,
-                items,
-                lane="L01",
-                loyalty=LOYALTY_NUMBER if shopper == self.loyalty_shopper else None,
-                card=TEST_CARD if shopper == self.loyalty_shopper else None,
-            )
+            self.sales.append((101 + index, shopper, items))
+            linked = shopper is not None and shopper == self.loyalty_shopper
+            n_lines = len(journal_receipt(101 + index, items, loyalty="0" if linked else None))
             start = max(at, free_at)
-            for i, line in enumerate(lines):
-                self.schedule.append((start + i * SCAN_GAP_S, line))
-            free_at = start + len(lines) * SCAN_GAP_S + RECEIPT_GAP_S
+            for i in range(n_lines):
+                self.schedule.append((start + i * SCAN_GAP_S, index, i))
+            free_at = start + n_lines * SCAN_GAP_S + RECEIPT_GAP_S
         self.receipts = len(sales)
         self.ends_at = free_at
         self.written = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def _receipt(self, index: int) -> list[bytes]:
+        number, shopper, items = self.sales[index]
+        linked = shopper is not None and shopper == self.loyalty_shopper
+        if linked and self.suggestion is not None:
+            item = self.suggestion(shopper)
+            if item is not None and item.isdigit():
+                # The item the associate suggested replaces the last one picked.
+                items = [*items[:-1], ScannedItem(item, f"ITEM {item}", "3.49")]
+                self.took_suggestion = item
+        return journal_receipt(
+            number,
+            items,
+            lane="L01",
+            loyalty=LOYALTY_NUMBER if linked else None,
+            card=TEST_CARD if linked else None,
+        )
 
     def loyalty_ids(self) -> dict[str, list[str]]:
         """Shopper -> loyalty numbers, for the profiles HQ pushes (hashed with SALT)."""
@@ -103,12 +128,15 @@ class DemoTill:
 
     def start(self) -> None:
         def play() -> None:
-            for at, line in self.schedule:
+            lines: list[bytes] = []
+            for at, index, i in self.schedule:
                 delay = at - time.time()
                 if delay > 0 and self._stop.wait(delay):
                     return
-                with contextlib.suppress(OSError, TimeoutError):
-                    self.pty.write(line, timeout_s=5)
+                if i == 0:
+                    lines = self._receipt(index)
+                with contextlib.suppress(OSError, TimeoutError, IndexError):
+                    self.pty.write(lines[i], timeout_s=5)
                     self.written += 1
 
         self._thread = threading.Thread(target=play, name="demo-till", daemon=True)

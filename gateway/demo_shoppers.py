@@ -131,14 +131,19 @@ class DemoShoppers:
         store_id: str,
         loyalty: dict[str, list[str]] | None = None,
         salt: bytes | None = None,
+        features: dict[str, dict[str, Any]] | None = None,
     ) -> int:
         """Publish the opted-in shoppers to HQ's broker, as ``hq push-profiles`` would
-        (``loyalty``: shopper -> loyalty numbers, hashed here with ``salt``)."""
+        (``loyalty``: shopper -> loyalty numbers, hashed here with ``salt``;
+        ``features``: shopper -> the ranker's features, in the profile's attributes)."""
         loyalty = loyalty or {}
+        features = features or {}
         doc = {"shoppers": [
             {"shopper": s.shopper, "root_key": s.root_key.hex(),
-             "consent": {"scopes": ["presence", "analytics", "associate_assist"]},
-             **({"loyalty_ids": loyalty[s.shopper]} if s.shopper in loyalty else {})}
+             "consent": {"scopes": ["presence", "analytics", "associate_assist", "screens"]},
+             **({"loyalty_ids": loyalty[s.shopper]} if s.shopper in loyalty else {}),
+             **({"attributes": {"features": features[s.shopper]}}
+                if s.shopper in features else {})}
             for s in self.opted_in
         ]}
         messages = tools.profiles_messages(doc, dt.datetime.now(dt.UTC), salt)

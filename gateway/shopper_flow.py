@@ -18,7 +18,7 @@ import asyncio
 import collections
 import functools
 import time
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from gateway.clock import Clock
@@ -120,6 +120,9 @@ class ShopperFlow:
         self.rebuilds = 0
         self.erased = 0
         self.events: collections.Counter[str] = collections.Counter()
+        # Later stages (the decision engine) hear every presence and visit event.
+        self._subscribers: list[Callable[[PresenceEvent | VisitEvent], None]] = []
+        self.subscriber_errors = 0
         # The hot path: ``on_advert(scanner, manufacturer_data, service_data, rssi, ts)``
         # resolves on the spot and queues only what resolved.
         self.on_advert = self.resolver.handler(self._accept)
@@ -179,6 +182,18 @@ class ShopperFlow:
         self.erased += len(shoppers)
 
     # -- tasks ------------------------------------------------------------------------
+
+    def subscribe(self, fn: Callable[[PresenceEvent | VisitEvent], None]) -> None:
+        """Call ``fn`` on the loop with every presence and visit event, as they happen."""
+        self._subscribers.append(fn)
+
+    def _notify(self, ev: PresenceEvent | VisitEvent) -> None:
+        for fn in self._subscribers:
+            try:
+                fn(ev)
+            except Exception as exc:  # noqa: BLE001 - a later stage's bug must not stop presence
+                self.subscriber_errors += 1
+                self._log.error("shopper_subscriber_failed", error=repr(exc))
 
     def identify(self, shopper: str, source: str, ts: float, zone: str | None = None) -> str | None:
         """A shopper identified themselves (a POS loyalty scan, a kiosk): their visit id.
@@ -240,6 +255,7 @@ class ShopperFlow:
             self.events[ev.kind] += 1
             visit_events = self.visits.on_presence(ev)
             self._send_visits(visit_events)
+            self._notify(ev)
             if self.directory.allows(ev.shopper, UPSTREAM_SCOPE, self.clock.wall()):
                 data = {
                     "event": ev.kind,
@@ -255,6 +271,7 @@ class ShopperFlow:
     def _send_visits(self, events: list[VisitEvent]) -> None:
         for ev in events:
             self.events[ev.kind] += 1
+            self._notify(ev)
             if self.directory.allows(ev.shopper, UPSTREAM_SCOPE, self.clock.wall()):
                 data = {
                     "event": ev.kind,
@@ -355,6 +372,7 @@ class ShopperFlow:
             "events": dict(self.events),
             "upstream": self.upstream,
             "upstream_rejected": self.upstream_rejected,
+            "subscriber_errors": self.subscriber_errors,
             "presence": self.tracker.stats() if self.tracker is not None else None,
             "visits": self.visits.stats(),
         }

@@ -70,6 +70,9 @@ class ShopperDirectory:
             return None
         return shopper
 
+    def profile(self, shopper: str) -> Profile | None:
+        return self._profiles.get(shopper)
+
     def consent(self, shopper: str) -> Consent | None:
         return self._consents.get(shopper)
 

@@ -47,7 +47,7 @@ MAX_ENTRIES = 5000
 MAX_ATTRIBUTES_BYTES = 8 * 1024
 # Received-but-unprocessed messages; HQ traffic is small, this bounds a flood.
 MAX_QUEUED = 10_000
-KNOWN_KINDS = ("profiles", "consent")
+KNOWN_KINDS = ("profiles", "consent", "inventory")
 
 ShopperId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")]
 MessageId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
@@ -137,7 +137,26 @@ class ConsentMessage(_Strict):
     changes: Annotated[list[ConsentChange], Field(min_length=1, max_length=MAX_ENTRIES)]
 
 
-SCHEMAS: dict[str, type[_Strict]] = {"profiles": ProfilesMessage, "consent": ConsentMessage}
+class StockLevel(_Strict):
+    item: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+    # On hand; 0 or less is out of stock. Fractions for weighed goods (kg).
+    quantity: Annotated[float, Field(strict=False, ge=-1e9, le=1e9)]
+
+
+class InventoryMessage(_Strict):
+    v: Literal[1]
+    id: MessageId
+    issued_at: UnixTime | None = None
+    # True: these levels replace the whole table (a nightly full sync); else they update it.
+    replace: bool = False
+    items: Annotated[list[StockLevel], Field(max_length=MAX_ENTRIES)] = []
+
+
+SCHEMAS: dict[str, type[_Strict]] = {
+    "profiles": ProfilesMessage,
+    "consent": ConsentMessage,
+    "inventory": InventoryMessage,
+}
 _FIELD_NAMES = frozenset(
     name
     for model in (
@@ -148,6 +167,8 @@ _FIELD_NAMES = frozenset(
         ConsentIn,
         ConsentMessage,
         ConsentChange,
+        InventoryMessage,
+        StockLevel,
     )
     for name in model.model_fields
 )
@@ -221,6 +242,10 @@ class Changes:
         self.profiles: dict[str, Profile] = {}
         self.consents: dict[str, Consent] = {}
         self.erased: set[str] = set()
+        # Stock levels set by inventory messages; ``stock_replaced``: the table was
+        # replaced as a whole first (items not listed are now unknown).
+        self.stock: dict[str, float] = {}
+        self.stock_replaced = False
 
     def upsert_profile(self, p: Profile) -> None:
         self.erased.discard(p.shopper)
@@ -236,7 +261,9 @@ class Changes:
         self.erased.add(shopper)
 
     def __bool__(self) -> bool:
-        return bool(self.profiles or self.consents or self.erased)
+        return bool(
+            self.profiles or self.consents or self.erased or self.stock or self.stock_replaced
+        )
 
 
 # (profiles, consents, erased) after a batch is committed.
@@ -383,6 +410,8 @@ class Downlink:
                 self._apply_profiles(conn, msg, changes, now)
             elif isinstance(msg, ConsentMessage):
                 acks.append(self._apply_consent(conn, msg, changes, now))
+            elif isinstance(msg, InventoryMessage):
+                self._apply_inventory(conn, msg, changes, now)
         if changes.erased:
             profile_rows.erase_shoppers(conn, changes.erased)
         for shopper in profile_rows.evict_over_cap(conn, self.profiles_cfg.max_shoppers):
@@ -421,6 +450,20 @@ class Downlink:
             changes.set_consent(c)
         for shopper in msg.deletes:
             changes.erase(shopper)
+
+    def _apply_inventory(
+        self, conn: sqlite3.Connection, msg: InventoryMessage, changes: Changes, now: float
+    ) -> None:
+        if msg.replace:
+            conn.execute("DELETE FROM stock")
+            changes.stock.clear()
+            changes.stock_replaced = True
+        conn.executemany(
+            "INSERT OR REPLACE INTO stock (item, quantity, updated_at) VALUES (?, ?, ?)",
+            [(level.item, level.quantity, now) for level in msg.items],
+        )
+        for level in msg.items:
+            changes.stock[level.item] = level.quantity
 
     def _apply_consent(
         self, conn: sqlite3.Connection, msg: ConsentMessage, changes: Changes, now: float

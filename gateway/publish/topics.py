@@ -37,3 +37,8 @@ def zone_screen(zone: str) -> str:
 
 
 ASSOCIATE_ALERTS = "store/v1/associates/alerts"
+
+
+def lane_display(lane: str) -> str:
+    """A checkout lane's customer display (never who is at the till)."""
+    return f"store/v1/lanes/{lane}/display"

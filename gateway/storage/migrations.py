@@ -84,3 +84,13 @@ def m003_shoppers(db: Database) -> None:
     )
     db.execute("CREATE INDEX downlink_applied_at ON downlink_applied (applied_at)")
     db.execute("CREATE INDEX dead_letters_received ON dead_letters (received_at)")
+
+
+@migrations()
+def m004_stock(db: Database) -> None:
+    # Stock levels from HQ's inventory downlink. An item with no row is unknown (not
+    # out of stock): an empty table means the store has no stock feed yet.
+    db.execute(
+        "CREATE TABLE stock (item TEXT PRIMARY KEY, quantity REAL NOT NULL, "
+        "updated_at REAL NOT NULL) WITHOUT ROWID"
+    )
