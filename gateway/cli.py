@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=_cmd_token)
 
     _add_pos(sub)
+    from gateway.hq.model_cli import add_model_parser  # argparse only; training is lazy
+
+    add_model_parser(sub)
     _add_hq(sub)
     return parser
 

@@ -327,6 +327,7 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
         and summary["transactions_complete"] == summary["receipts_scanned"]
         and summary["sales_linked_to_visits"] >= 1
         and summary["recommendations_shown"] >= 1
+        and summary["conversions"] >= 1
     )
     if ok:
         shutil.rmtree(workdir, ignore_errors=True)

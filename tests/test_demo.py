@@ -49,3 +49,10 @@ def test_demo_summary_json_reports_nothing_lost() -> None:
     assert summary["transactions_complete"] == 6
     assert summary["items_sold"] >= 18
     assert summary["sales_linked_to_visits"] == 1
+    # Decisions: alerts, screens and lane displays, ranked by the shipped model; the
+    # shopper who took the associate's suggestion to the till made a conversion.
+    assert summary["recommendations_shown"] >= 3
+    assert summary["recommendations_by_source"].get("model", 0) >= 1
+    assert summary["store_alerts"] >= 1 and summary["store_screens"] >= 1
+    assert summary["suggestion_bought"] is not None
+    assert summary["conversions"] >= 1

@@ -1,16 +1,18 @@
 """Shopper features shared by HQ and the Pi: the ranker's inputs, built by one piece of code.
 
-HQ turns a shopper's ordered baskets into a personal preference vector
-(``personal_vector``: TIFU-KNN's time-decayed group vectors, Hu et al. SIGIR
-2020, plus repeat-cycle terms), smooths it with the shopper's nearest
-neighbours (``neighbour_vectors``) and keeps the top items of each as a
-``ShopperFeatures``. That travels to the stores inside a profile's
-``attributes["features"]`` (``features_to_attributes`` /
-``features_from_attributes``, the latter never raising on hostile input). On
-the Pi, ``request_feed`` turns features plus the live basket and context into
-the ONNX graph's input tensors (CONTRACTS section 5, the manifest's
-``feature_schema``). ``model recommend`` and training go through exactly these
-functions, so a backtest measures what a store runs.
+HQ turns each shopper's orders (``ShopperHistory``) into ``ShopperFeatures``
+with ``build_profiles``: ``hist`` is the shopper's candidates (items bought
+before plus their neighbours' best) scored by the personal model of the
+manifest's ``feature_schema.profile_model`` (repeat-cycle, recency, frequency,
+cart-position, TIFU-KNN and popularity features; Hu et al. SIGIR 2020 for the
+time-decayed group vectors, ``tifu_vector``), and ``nbr`` is the mean TIFU
+vector of the shopper's nearest shoppers (``neighbour_vectors``). The features
+travel to stores inside a profile's ``attributes["features"]``
+(``features_to_attributes`` / ``features_from_attributes``, the latter never
+raising on hostile input). On the Pi, ``request_feed`` / ``batch_feed`` turn
+features plus the live basket and context into the ONNX graph's input tensors
+(CONTRACTS section 5). ``model recommend`` and training go through exactly
+these functions, so a backtest measures what a store runs.
 
 numpy and the standard library only: the Pi must never need more.
 """
@@ -104,15 +106,6 @@ def tifu_vector(baskets: Sequence[Sequence[str]], decay: DecayParams) -> dict[st
     return out
 
 
-def top_items(vector: Mapping[str, float], n: int) -> tuple[tuple[str, float], ...]:
-    """The ``n`` largest positive entries, best first (ties by id, for reproducible bundles)."""
-    ranked = sorted(
-        ((item, w) for item, w in vector.items() if w > 0 and math.isfinite(w)),
-        key=lambda kv: (-kv[1], kv[0]),
-    )
-    return tuple((item, float(w)) for item, w in ranked[:n])
-
-
 def neighbour_vectors(
     vectors: Mapping[str, Mapping[str, float]],
     k: int,
@@ -122,9 +115,9 @@ def neighbour_vectors(
     """The mean of each shopper's ``k`` nearest shoppers' vectors (Euclidean, itself included).
 
     TIFU-KNN's user-kNN smoothing, done at HQ over every shopper's personal
-    vector. Dot products come from sparse postings in blocks of ``block``
-    shoppers, so memory grows with shoppers times ``block``, not with the
-    catalogue squared.
+    vector. Dot products come from sparse postings in blocks of at most
+    ``block`` shoppers, so memory grows with shoppers times the block, never
+    with the catalogue.
     """
     users = list(vectors)
     if not users:
@@ -152,11 +145,16 @@ def neighbour_vectors(
     return out
 
 
+_MAX_BLOCK_CELLS = 20_000_000
+
+
 def _neighbour_means(
     r: np.ndarray, c: np.ndarray, v: np.ndarray, n_users: int, n_items: int, k: int, block: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per user (item indices, mean weights) over its k nearest users; COO input."""
     k = max(1, min(k, n_users))
+    # keep a block's distance matrix under ~20 M floats (160 MB) however many shoppers
+    block = max(1, min(block, _MAX_BLOCK_CELLS // max(n_users, 1)))
     sq = np.bincount(r, weights=v * v, minlength=n_users)
     by_item = np.argsort(c, kind="stable")
     post_user, post_val = r[by_item], v[by_item]
@@ -207,18 +205,47 @@ class ShopperHistory:
 # MLP's input order, so it is part of the model (saved in the manifest).
 PERSONAL_FEATURES = (
     # exponentially decayed purchase frequency at several half-lives (in orders)
-    "exp_0.3", "exp_0.6", "exp_0.8", "exp_0.9", "exp_0.95", "exp_0.98",
+    "exp_0.3",
+    "exp_0.6",
+    "exp_0.8",
+    "exp_0.9",
+    "exp_0.95",
+    "exp_0.98",
     # TIFU-KNN personal vectors at the published and two longer-memory settings
-    "tifu_3_0.9_0.6", "tifu_7_0.9_1.0", "tifu_1_0.95_1.0",
-    "freq", "log_count", "log_gap", "gap", "last_1", "last_2", "last_3", "last_5",
+    "tifu_3_0.9_0.6",
+    "tifu_7_0.9_1.0",
+    "tifu_1_0.95_1.0",
+    "freq",
+    "log_count",
+    "log_gap",
+    "gap",
+    "last_1",
+    "last_2",
+    "last_3",
+    "last_5",
     # repeat cycles: orders (and days) since the last purchase against the item's own rhythm
-    "cycle", "log_mean_interval", "repeat_prob", "log_since_first", "log_days_since", "days_cycle",
+    "cycle",
+    "log_mean_interval",
+    "repeat_prob",
+    "log_since_first",
+    "log_days_since",
+    "days_cycle",
     # where in the cart the shopper puts it (staples first)
-    "cart_position", "cart_position_last",
+    "cart_position",
+    "cart_position_last",
     # neighbours and the item overall
-    "in_history", "nbr", "log_nbr", "log_pop", "repeat_rate", "log_buyers",
+    "in_history",
+    "nbr",
+    "log_nbr",
+    "log_pop",
+    "repeat_rate",
+    "log_buyers",
     # the shopper overall (lets the model trade repeats against exploration per shopper)
-    "log_orders", "basket_size", "repeat_share", "distinct_share", "log_median_gap",
+    "log_orders",
+    "basket_size",
+    "repeat_share",
+    "distinct_share",
+    "log_median_gap",
 )
 _EXP_RATES = (0.3, 0.6, 0.8, 0.9, 0.95, 0.98)
 _TIFU_SETTINGS = ((3, 0.9, 0.6), (7, 0.9, 1.0), (1, 0.95, 1.0))
@@ -265,7 +292,10 @@ class MlpParams:
 
     @classmethod
     def from_arrays(
-        cls, mean: np.ndarray, scale: np.ndarray, weights: Sequence[np.ndarray],
+        cls,
+        mean: np.ndarray,
+        scale: np.ndarray,
+        weights: Sequence[np.ndarray],
         biases: Sequence[np.ndarray],
     ) -> MlpParams:
         return cls(
@@ -388,15 +418,11 @@ def _personal_block(
     total = xb.sum()
     seen_before = np.cumsum(xb, axis=0)[:-1] > 0
     repeats = (xb[1:] * seen_before).sum() / max(xb[1:].sum(), 1.0)
-    shopper = np.array(
-        [np.log(n), total / n, repeats, m / max(total, 1.0), np.log1p(median_gap)]
-    )
+    shopper = np.array([np.log(n), total / n, repeats, m / max(total, 1.0), np.log1p(median_gap)])
     return items, np.stack(cols, axis=1), shopper
 
 
-def candidate_table(
-    histories: Mapping[str, ShopperHistory], model: ProfileModel
-) -> CandidateTable:
+def candidate_table(histories: Mapping[str, ShopperHistory], model: ProfileModel) -> CandidateTable:
     """The personal model's inputs for every shopper with at least one non-empty basket."""
     index: dict[str, int] = {}
     users: list[str] = []
@@ -439,8 +465,13 @@ def candidate_table(
         rows_w.append(tifu)
     nbr = (
         _neighbour_means(
-            np.concatenate(rows_u), np.concatenate(rows_i), np.concatenate(rows_w),
-            len(users), n_items, model.neighbours, 512,
+            np.concatenate(rows_u),
+            np.concatenate(rows_i),
+            np.concatenate(rows_w),
+            len(users),
+            n_items,
+            model.neighbours,
+            512,
         )
         if users
         else []
@@ -618,7 +649,7 @@ _SCHEMA_CACHE_SIZE = 4
 
 
 def feed_schema(manifest: Mapping[str, Any]) -> FeedSchema:
-    """The (cached) ``FeedSchema`` of ``manifest``: indexing 50,000 ids per request would cost ms."""
+    """The (cached) ``FeedSchema`` of ``manifest``: indexing 50,000 ids per request costs ms."""
     cat = manifest["catalogue"]
     key = (
         manifest.get("sha256"),
@@ -658,9 +689,7 @@ def _fill_sparse(
         n += 1
 
 
-def _fill_row(
-    schema: FeedSchema, req: FeedRequest, out: dict[str, np.ndarray], row: int
-) -> None:
+def _fill_row(schema: FeedSchema, req: FeedRequest, out: dict[str, np.ndarray], row: int) -> None:
     if not (isinstance(req.hour, int) and 0 <= req.hour <= 23):
         raise ValueError(f"hour must be 0..23, got {req.hour!r}")
     if not (isinstance(req.dow, int) and 0 <= req.dow <= 6):
@@ -683,7 +712,9 @@ def _fill_row(
     out["context"][row] = (req.hour, req.dow, zone)
 
 
-def batch_feed(manifest: Mapping[str, Any], requests: Sequence[FeedRequest]) -> dict[str, np.ndarray]:
+def batch_feed(
+    manifest: Mapping[str, Any], requests: Sequence[FeedRequest]
+) -> dict[str, np.ndarray]:
     """The graph's inputs for many requests at once (batch dimension = ``len(requests)``)."""
     schema = feed_schema(manifest)
     b = len(requests)

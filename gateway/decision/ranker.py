@@ -62,9 +62,10 @@ SEQUENCE_LENGTHS = {
     "basket_items": "basket_len",
 }
 
-# A Pi 4 has four cores shared with BLE scanning, MQTT and SQLite; one request is
-# a single gather + dot product over the catalogue, which gains little past two
-# threads and loses to contention beyond. One thread runs the op on the caller.
+# A Pi 4 has four cores shared with BLE scanning, MQTT and SQLite. One request is
+# a few scatters/gathers over the catalogue, a TopK and a tiny network on a few
+# hundred candidates: sub-millisecond work that gains little from a second thread
+# and loses to contention beyond it. With 1, onnxruntime runs ops on the caller.
 MAX_INTRA_OP_THREADS = 2
 # The first run allocates the arena and prepacks weights; the next two show the
 # steady state, so a load that will be slow at serving time is slow here instead.
@@ -108,10 +109,12 @@ ORT_ERRORS: tuple[type[BaseException], ...] = (
 class RankerError(GatewayError):
     """A bundle cannot be loaded or a request cannot be ranked.
 
-    ``reason`` is a stable snake_case code counted in health: ``missing``,
-    ``bad_manifest``, ``bad_signature``, ``bad_sha``, ``runtime_too_old``,
-    ``bad_onnx``, ``wrong_inputs``, ``warmup_failed``, ``not_newer``,
-    ``inference_failed``. ``where`` names the file or bundle concerned.
+    ``reason`` is a stable snake_case code counted in health. Loading:
+    ``missing``, ``bad_manifest``, ``bad_signature``, ``bad_key``, ``bad_sha``,
+    ``too_large``, ``runtime_too_old``, ``bad_onnx``, ``wrong_inputs`` (inputs
+    or outputs off the contract), ``warmup_failed``, ``not_newer``,
+    ``load_failed`` (anything else). Serving: ``bad_request``,
+    ``inference_failed``. ``where`` names the bundle concerned.
     """
 
     def __init__(self, reason: str, detail: str, where: str = "") -> None:
@@ -312,7 +315,6 @@ class Ranker:
         self.load_ms = load_ms
         self.warmup_ms = warmup_ms
         self._catalogue: list[str] = manifest["catalogue"]
-        self._index = {item: i for i, item in enumerate(self._catalogue)}
 
     # -- loading
 
@@ -399,7 +401,9 @@ class Ranker:
     def run(self, feed: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Raw ``(top_items, top_scores)`` for a ready feed; ``RankerError`` on failure."""
         try:
-            items, scores = self._session.run(OUTPUT_NAMES, dict(feed))
+            items, scores = self._session.run(
+                OUTPUT_NAMES, feed if isinstance(feed, dict) else dict(feed)
+            )
         except ORT_ERRORS as exc:
             raise RankerError("inference_failed", _first_line(exc), str(self.bundle_dir)) from exc
         return items, scores

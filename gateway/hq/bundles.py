@@ -269,7 +269,7 @@ def unpack(data: bytes, directory: str | Path) -> Path:
     """
     directory = Path(directory)
     try:
-        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
+        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:")  # noqa: SIM115  (closed below)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise BundleError(f"not a bundle tar: {exc}") from None
     with tar:
@@ -282,8 +282,14 @@ def unpack(data: bytes, directory: str | Path) -> Path:
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise BundleError(f"bundle tar is corrupt: {exc}") from None
         seen: set[str] = set()
+        kept = []
         for m in members:
-            name = m.name
+            # `tar -C bundle -cf - .` writes "./" and "./model.onnx": accept that spelling
+            if m.isdir() and m.name in (".", "./"):
+                continue
+            name = m.name[2:] if m.name.startswith("./") else m.name
+            m.name = name
+            kept.append(m)
             if name.startswith("/") or ".." in Path(name).parts or "/" in name or "\\" in name:
                 raise BundleError(f"bundle tar: refusing member path {name!r}")
             if not m.isfile():
@@ -302,7 +308,7 @@ def unpack(data: bytes, directory: str | Path) -> Path:
             if required not in seen:
                 raise BundleError(f"bundle tar: {required} missing")
         contents = {}
-        for m in members:
+        for m in kept:
             handle = tar.extractfile(m)
             if handle is None:
                 raise BundleError(f"bundle tar: cannot read {m.name!r}")

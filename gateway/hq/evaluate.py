@@ -28,10 +28,12 @@ from gateway.decision.features import DecayParams, neighbour_vectors, tifu_vecto
 from gateway.hq.orders import Order
 
 K = 10
+# TIFU-KNN's published parameters, the README baseline: m=3, rb=0.9, rg=0.6 (k=100, alpha=0.9)
+PUBLISHED_DECAY = DecayParams(groups=3, within=0.9, group=0.6)
 
 
 def half_of(user_id: str) -> str:
-    """"A" or "B": a stable split of shoppers by the SHA-256 of their id."""
+    """ "A" or "B": a stable split of shoppers by the SHA-256 of their id."""
     return "A" if hashlib.sha256(user_id.encode("utf-8")).digest()[0] % 2 == 0 else "B"
 
 
@@ -156,7 +158,7 @@ def own_frequency(history: Mapping[str, Sequence[Order]], k: int = K) -> dict[st
 
 def tifu_scores(
     history: Mapping[str, Sequence[Order]],
-    decay: DecayParams = DecayParams(),
+    decay: DecayParams = PUBLISHED_DECAY,
     k_neighbours: int = 100,
     alpha: float = 0.9,
 ) -> dict[str, dict[str, float]]:
@@ -225,6 +227,9 @@ def baseline_table(
     table["TIFU-KNN"] = s
     cooc = cooccurrence_completion(history, test, users)
     table["co-occurrence"] = Scores(
-        len(users), float("nan"), float("nan"), completion_recall=completion_recall(cooc, test, users)
+        len(users),
+        float("nan"),
+        float("nan"),
+        completion_recall=completion_recall(cooc, test, users),
     )
     return table

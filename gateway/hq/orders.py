@@ -132,8 +132,7 @@ def _read(handle: io.TextIOBase, source: str) -> OrdersFile:
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise OrdersError(
-            f"{source}: missing column(s) {', '.join(missing)} "
-            f"(need {', '.join(REQUIRED_COLUMNS)})"
+            f"{source}: missing column(s) {', '.join(missing)} (need {', '.join(REQUIRED_COLUMNS)})"
         )
     at = {c: columns.index(c) for c in REQUIRED_COLUMNS}
     width = max(at.values()) + 1

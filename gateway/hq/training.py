@@ -28,6 +28,7 @@ validate during training and to test the graph. numpy and ``onnx`` (the
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -63,8 +64,18 @@ BASKET_LEN = 64
 HOUR_PARTS = (0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 0)
 N_PARTS = 4
 RERANK_FEATURES = (
-    "hist_score", "in_hist", "log_nbr", "in_nbr", "cooc", "log_cooc",
-    "has_basket", "log_basket_size", "log_pop", "cart_position", "repeat_rate", "hour_lift",
+    "hist_score",
+    "in_hist",
+    "log_nbr",
+    "in_nbr",
+    "cooc",
+    "log_cooc",
+    "has_basket",
+    "log_basket_size",
+    "log_pop",
+    "cart_position",
+    "repeat_rate",
+    "hour_lift",
 )
 # Next-basket score of items outside the shopper's hist list: below any personal
 # score (logits stay far above -1000), ordered by popularity among themselves.
@@ -168,7 +179,7 @@ def fit_mlp(
     sizes = [z.shape[1], *hidden, 1]
     ws = [
         (rng.standard_normal((a, b)) * np.sqrt(2 / a)).astype(np.float32)
-        for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        for a, b in itertools.pairwise(sizes)
     ]
     bs = [np.zeros(b, np.float32) for b in sizes[1:]]
     rate = float(np.clip(y.mean(), 1e-4, 1 - 1e-4))
@@ -198,8 +209,8 @@ def fit_mlp(
             for j, (param, grad) in enumerate(zip(params, gw + gb, strict=True)):
                 m1[j] = 0.9 * m1[j] + 0.1 * grad
                 m2[j] = 0.999 * m2[j] + 0.001 * grad * grad
-                param -= lr * (m1[j] / (1 - 0.9**step)) / (
-                    np.sqrt(m2[j] / (1 - 0.999**step)) + 1e-8
+                param -= (
+                    lr * (m1[j] / (1 - 0.9**step)) / (np.sqrt(m2[j] / (1 - 0.999**step)) + 1e-8)
                 )
     return MlpParams.from_arrays(mean, scale, ws, bs)
 
@@ -353,11 +364,7 @@ def _personal_training_set(
         table = candidate_table(histories_of(hist), model)
         if not len(table.x):
             continue
-        wanted = {
-            (u, i)
-            for u, user in enumerate(table.users)
-            for i in target[user].items
-        }
+        wanted = {(u, i) for u, user in enumerate(table.users) for i in target[user].items}
         item_code = {name: j for j, name in enumerate(table.items)}
         codes = {(u, item_code[i]) for u, i in wanted if i in item_code}
         y = np.fromiter(
@@ -429,7 +436,8 @@ def recall_of(
         top, scores = score_numpy(ranker, feeds)
         for j, req in enumerate(chunk):
             items = [
-                ranker.catalogue[i] for i, s in zip(top[j], scores[j], strict=True)
+                ranker.catalogue[i]
+                for i, s in zip(top[j], scores[j], strict=True)
                 if np.isfinite(s)
             ]
             target = wanted[start + j] - set(req.basket)
@@ -468,8 +476,11 @@ def train(
         if len(x) and 0 < y.sum() < len(y):
             nets = tuple(
                 fit_mlp(
-                    x, y, config.personal_hidden,
-                    epochs=config.personal_epochs, seed=config.seed + s,
+                    x,
+                    y,
+                    config.personal_hidden,
+                    epochs=config.personal_epochs,
+                    seed=config.seed + s,
                 )
                 for s in range(config.personal_seeds)
             )
@@ -592,7 +603,8 @@ def build_graph(ranker: TrainedRanker, variant: str = "fp32") -> bytes:
     i64 = np.int64
     # shapes
     node("Shape", ["hist_items"], "shape_h")
-    node("Slice", ["shape_h", const("c0", np.array([0], i64)), const("c1", np.array([1], i64))], "b")
+    c0, c1 = const("c0", np.array([0], i64)), const("c1", np.array([1], i64))
+    node("Slice", ["shape_h", c0, c1], "b")
     node("Concat", ["b", const("n1", np.array([n1], i64))], "shape_bn", axis=0)
     zero = helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])
     node("ConstantOfShape", ["shape_bn"], "zeros", value=zero)
@@ -615,8 +627,11 @@ def build_graph(ranker: TrainedRanker, variant: str = "fp32") -> bytes:
         node("Gather", ["cooc_val_q", "basket_items"], "bv_q", axis=0)
         node(
             "DequantizeLinear",
-            ["bv_q", const("cooc_scale", np.array(vscale, np.float32)),
-             const("cooc_zp", np.array(0, np.uint8))],
+            [
+                "bv_q",
+                const("cooc_scale", np.array(vscale, np.float32)),
+                const("cooc_zp", np.array(0, np.uint8)),
+            ],
             "bv",
         )
     else:
@@ -667,8 +682,11 @@ def build_graph(ranker: TrainedRanker, variant: str = "fp32") -> bytes:
         node("Gather", ["item_q", "cand"], "item_c_q", axis=0)
         node(
             "DequantizeLinear",
-            ["item_c_q", const("item_scale", scale.astype(np.float32)),
-             const("item_zp", zp.astype(np.uint8))],
+            [
+                "item_c_q",
+                const("item_scale", scale.astype(np.float32)),
+                const("item_zp", zp.astype(np.uint8)),
+            ],
             "item_c",
             axis=2,
         )
@@ -681,7 +699,8 @@ def build_graph(ranker: TrainedRanker, variant: str = "fp32") -> bytes:
         node("Gather", ["item_table", "cand"], "item_c", axis=0)
         const("lift", t.hour_lift.reshape(-1).astype(np.float32))
     node("Slice", ["context", "c0", "c1", "ax1"], "hour_raw")
-    node("Clip", ["hour_raw", const("h0", np.array(0, i64)), const("h23", np.array(23, i64))], "hour")
+    h0, h23 = const("h0", np.array(0, i64)), const("h23", np.array(23, i64))
+    node("Clip", ["hour_raw", h0, h23], "hour")
     node("Gather", [const("parts", np.asarray(HOUR_PARTS, i64)), "hour"], "part", axis=0)
     node("Mul", ["cand", const("nparts", np.array(N_PARTS, i64))], "cand_x")
     node("Add", ["cand_x", "part"], "lift_at")
@@ -689,8 +708,11 @@ def build_graph(ranker: TrainedRanker, variant: str = "fp32") -> bytes:
         node("Gather", ["lift_q", "lift_at"], "lift_c_q", axis=0)
         node(
             "DequantizeLinear",
-            ["lift_c_q", const("lift_scale", np.array(lscale, np.float32)),
-             const("lift_zp", np.array(lzp, np.uint8))],
+            [
+                "lift_c_q",
+                const("lift_scale", np.array(lscale, np.float32)),
+                const("lift_zp", np.array(lzp, np.uint8)),
+            ],
             "lift_c",
         )
     else:
