@@ -208,7 +208,7 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
     gateway = GatewayProcess(cfg, workdir / "gateway.log").start()
     shoppers.start_satellites(store.port)
     till.start()
-    profiles_pushed = False
+    last_push = -1e9
     view = LiveView()
     started = time.monotonic()
     phase = "trading"
@@ -221,14 +221,20 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
         deadline = max(started + duration_s + outage_s, shoppers_done) + DRAIN_GRACE_S
         while time.monotonic() < deadline:
             elapsed = time.monotonic() - started
-            if not profiles_pushed and watcher.snapshot()[0].get("hq", {}).get("connected"):
+            health_now = watcher.snapshot()[0]
+            known = health_now.get("shoppers", {}).get("shoppers_known", 0)
+            if (
+                known < len(shoppers.opted_in)
+                and health_now.get("hq", {}).get("connected")
+                and time.monotonic() - last_push >= 5.0
+            ):
+                # Pushed until applied: a message that reaches HQ's broker before the
+                # gateway's first subscription is not queued for it (HQ re-sends).
                 time.sleep(0.5)  # the downlink subscription follows the connect
-                profiles_pushed = (
-                    shoppers.push_profiles(
-                        hq.port, STORE_ID, till.loyalty_ids(), LOYALTY_SALT, features
-                    )
-                    > 0
+                shoppers.push_profiles(
+                    hq.port, STORE_ID, till.loyalty_ids(), LOYALTY_SALT, features
                 )
+                last_push = time.monotonic()
             if not gateway.running:
                 phase = "gateway exited"
                 break
