@@ -286,12 +286,14 @@ json_values = st.recursive(
 
 @settings(max_examples=400, deadline=None)
 @given(
-    kind=st.sampled_from(["profiles", "consent", "model", "x"]),
+    kind=st.sampled_from(["profiles", "consent", "inventory", "model", "x"]),
     payload=st.one_of(
         st.binary(max_size=300),
         json_values.map(lambda v: json.dumps(v).encode()),
         st.dictionaries(
-            st.sampled_from(["v", "id", "upserts", "deletes", "changes", "issued_at"]),
+            st.sampled_from(
+                ["v", "id", "upserts", "deletes", "changes", "issued_at", "items", "replace"]
+            ),
             json_values,
         ).map(lambda d: json.dumps({"v": 1, **d}).encode()),
     ),
@@ -302,3 +304,41 @@ def test_decode_never_raises_anything_but_rejected(kind: str, payload: bytes) ->
         decode(kind, payload, MAX)
     except Rejected as exc:
         assert exc.reason
+
+
+def inventory_msg(msg_id: str, items: Any, **extra: Any) -> bytes:
+    return json.dumps({"v": 1, "id": msg_id, "items": items, **extra}).encode()
+
+
+def test_inventory_fills_the_stock_table_and_bad_levels_are_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    """Levels update or replace the stock table; hostile ones are refused with a reason."""
+
+    async def scenario() -> list[Changes]:
+        async with open_rig(tmp_path / "g.db") as rig:
+            first = await rig.downlink.apply_batch([
+                ("inventory", inventory_msg("inv-1", [{"item": "196", "quantity": 14},
+                                                      {"item": "4011", "quantity": 0}]), NOW),
+            ])
+            assert first.stock == {"196": 14.0, "4011": 0.0} and not first.stock_replaced
+            bad = [
+                inventory_msg("inv-bad-1", [{"item": "196", "quantity": "many"}]),
+                inventory_msg("inv-bad-2", [{"item": "../../etc", "quantity": 1}]),
+                inventory_msg("inv-bad-3", [{"item": "1", "quantity": 1e300}]),
+                inventory_msg("inv-bad-4", [{"item": "1", "quantity": 1}] * 5001),
+                inventory_msg("inv-bad-5", [{"item": "1"}]),
+                b'{"v": 1, "id": "inv-bad-6", "items": [',
+            ]
+            await rig.downlink.apply_batch([("inventory", p, NOW) for p in bad])
+            assert rig.downlink.stats()["dead_lettered"] == len(bad)
+            second = await rig.downlink.apply_batch([
+                ("inventory", inventory_msg("inv-2", [{"item": "21903", "quantity": 3.5}],
+                                            replace=True), NOW),
+            ])
+            assert second.stock_replaced and second.stock == {"21903": 3.5}
+            return rig.seen
+
+    seen = asyncio.run(scenario())
+    assert len(seen) == 2  # the refused batch changed nothing, so nobody was told
+    assert query(tmp_path / "g.db", "SELECT item, quantity FROM stock") == [("21903", 3.5)]
