@@ -46,12 +46,12 @@ from gateway.decision import experiments as ex
 from gateway.decision import rules as rl
 from gateway.decision.features import features_from_attributes
 from gateway.decision.ranker import DecisionRanker
-from gateway.errors import OutboxRejected
 from gateway.events import BasketChanged, CheckoutCompleted, PosNotice, UpEvent
 from gateway.identity.presence import PresenceEvent
 from gateway.identity.visits import VisitEvent
 from gateway.log import get_logger
 from gateway.publish import topics
+from gateway.publish.outbox import UpstreamSender
 
 QUEUE_MAX = 1000
 ARRIVAL, DWELL, BASKET = "arrival", "dwell", "basket"
@@ -133,8 +133,8 @@ class DecisionFlow:
         self.dropped = 0
         self.conversions = 0
         self.errors = 0
-        self.upstream = 0
-        self.upstream_rejected = 0
+        self._sender = UpstreamSender(outbox, "decision_event", self._log)
+        self._upstream = self._sender.send
         if shoppers is not None:
             shoppers.subscribe(self.on_shopper_event)
         if pos is not None:
@@ -383,20 +383,7 @@ class DecisionFlow:
             data = {**conv.as_dict(), "lane": notice.lane, "transaction": notice.transaction}
             self._upstream(UpEvent.of("conversion", data, notice.ts, subject=conv.shopper))
 
-    def _upstream(self, event: UpEvent) -> None:
-        fut = self.outbox.enqueue(event)
-        fut.add_done_callback(self._committed)
 
-    def _committed(self, fut: asyncio.Future[str]) -> None:
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is None:
-            self.upstream += 1
-        elif isinstance(exc, OutboxRejected):
-            self.upstream_rejected += 1
-        else:
-            self._log.error("decision_event_not_committed", error=type(exc).__name__)
 
     # -- health -------------------------------------------------------------------------
 
@@ -414,6 +401,6 @@ class DecisionFlow:
             "errors": self.errors,
             "stock_items": len(self.stock),
             "experiments": [e.id for e in self.experiments],
-            "upstream": self.upstream,
-            "upstream_rejected": self.upstream_rejected,
+            "upstream": self._sender.committed,
+            "upstream_rejected": self._sender.rejected,
         }

@@ -36,10 +36,11 @@ from typing import Any
 
 from gateway.clock import Clock
 from gateway.config import GatewayConfig, dialect_path
-from gateway.errors import ConfigError, OutboxRejected
+from gateway.errors import ConfigError
 from gateway.events import BasketChanged, BasketItem, CheckoutCompleted, PosNotice, UpEvent
 from gateway.identity.loyalty import loyalty_hash
 from gateway.log import get_logger
+from gateway.publish.outbox import UpstreamSender
 from gateway.sensing import pos_dialect as pd
 from gateway.sensing.pos_serial import LaneSettings, SerialPosLane
 
@@ -124,8 +125,8 @@ class PosFlow:
         self.loyalty_scans = 0
         self.loyalty_linked = 0
         self.loyalty_unsalted = 0
-        self.upstream = 0
-        self.upstream_rejected = 0
+        self._sender = UpstreamSender(outbox, "pos_transaction", self._log)
+        self._upstream = self._sender.send
 
     def subscribe(self, fn: Callable[[PosNotice], None]) -> None:
         """Call ``fn`` on the loop with every ``BasketChanged`` and ``CheckoutCompleted``."""
@@ -208,8 +209,7 @@ class PosFlow:
         doc["loyalty"] = link.loyalty_hash
         doc["lane"] = lane
         doc["visit"] = link.visit
-        fut = self.outbox.enqueue(UpEvent.of("transaction", doc, ev.ts))
-        fut.add_done_callback(self._committed)
+        self._upstream(UpEvent.of("transaction", doc, ev.ts))
         self._log.info(
             "pos_transaction",
             lane=lane,
@@ -243,17 +243,6 @@ class PosFlow:
                 self.subscriber_errors += 1
                 self._log.error("pos_subscriber_failed", error=repr(exc))
 
-    def _committed(self, fut: asyncio.Future[str]) -> None:
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is None:
-            self.upstream += 1
-        elif isinstance(exc, OutboxRejected):
-            self.upstream_rejected += 1
-            self._log.error("pos_transaction_rejected", error=str(exc))
-        else:
-            self._log.error("pos_transaction_not_committed", error=type(exc).__name__)
 
     # -- health -----------------------------------------------------------------------
 
@@ -272,8 +261,8 @@ class PosFlow:
             },
             "notices": self.notices,
             "subscriber_errors": self.subscriber_errors,
-            "upstream": self.upstream,
-            "upstream_rejected": self.upstream_rejected,
+            "upstream": self._sender.committed,
+            "upstream_rejected": self._sender.rejected,
         }
 
 

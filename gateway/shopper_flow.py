@@ -23,7 +23,6 @@ from typing import Any
 
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
-from gateway.errors import OutboxRejected
 from gateway.events import Sighting, UpEvent
 from gateway.identity.directory import ShopperDirectory
 from gateway.identity.presence import (
@@ -37,6 +36,7 @@ from gateway.identity.shoppers import Consent, Profile
 from gateway.identity.tokens import WINDOW_S, table_windows, window_of, window_tokens
 from gateway.identity.visits import VisitEvent, VisitParams, VisitTracker
 from gateway.log import get_logger
+from gateway.publish.outbox import UpstreamSender
 
 # The presence tracker's clock: absences, dwells and stale readings are judged
 # once a second (PresenceTracker.tick's own advice).
@@ -113,8 +113,8 @@ class ShopperFlow:
         self._building = False
         self._log = get_logger("shoppers")
         self.shed = 0
-        self.upstream = 0
-        self.upstream_rejected = 0
+        self._sender = UpstreamSender(outbox, "presence_event", self._log)
+        self._upstream = self._sender.send
         self.table_window: int | None = None
         self.last_rebuild_ms = 0.0
         self.rebuilds = 0
@@ -283,20 +283,7 @@ class ShopperFlow:
                 }
                 self._upstream(UpEvent.of("visit", data, ev.ts, subject=ev.shopper))
 
-    def _upstream(self, event: UpEvent) -> None:
-        fut = self.outbox.enqueue(event)
-        fut.add_done_callback(self._committed)
 
-    def _committed(self, fut: asyncio.Future[str]) -> None:
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is None:
-            self.upstream += 1
-        elif isinstance(exc, OutboxRejected):
-            self.upstream_rejected += 1
-        else:
-            self._log.error("presence_event_not_committed", error=type(exc).__name__)
 
     async def _table_loop(self) -> None:
         while True:
@@ -370,8 +357,8 @@ class ShopperFlow:
             "last_rebuild_ms": round(self.last_rebuild_ms, 1),
             "rebuilds": self.rebuilds,
             "events": dict(self.events),
-            "upstream": self.upstream,
-            "upstream_rejected": self.upstream_rejected,
+            "upstream": self._sender.committed,
+            "upstream_rejected": self._sender.rejected,
             "subscriber_errors": self.subscriber_errors,
             "presence": self.tracker.stats() if self.tracker is not None else None,
             "visits": self.visits.stats(),

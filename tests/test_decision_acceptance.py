@@ -21,7 +21,7 @@ from gateway.hq import tools
 from gateway.identity.loyalty import loyalty_hash
 from gateway.publish import topics
 from gateway.testing.daemon import GatewayProcess, config_text, gateway_sections
-from gateway.testing.hq import HqReceiver
+from gateway.testing.hq import HqReceiver, push_until_applied
 from gateway.testing.mosquitto import MosquittoBroker
 from gateway.testing.pty_lane import PtyLane
 from gateway.testing.receipts import GROCERIES, journal_receipt
@@ -90,19 +90,12 @@ def test_scripted_visit_with_a_corrupt_model(
                                  "loyalty_ids": [LOYALTY],
                                  "consent": {"scopes": ["presence", "associate_assist",
                                                         "screens", "analytics"]}}]}
-            msgs = tools.profiles_messages(doc, dt.datetime.now(dt.UTC), SALT)
-            for _ in range(5):  # HQ re-sends until applied (the same id applies once)
-                pub = tools.Publisher("127.0.0.1", hq_broker.port)
-                try:
-                    assert pub.publish_all(topics.hq_down(STORE, "profiles"), msgs, 10) == 1
-                finally:
-                    pub.close()
-                if rec.wait_for(topics.STORE_HEALTH,
-                                lambda d: d.get("shoppers", {}).get("shoppers_known") == 1, 3,
-                                since=time.monotonic()):
-                    break
-            else:
-                raise AssertionError("the profile was never applied")
+            push_until_applied(
+                hq_broker.port, topics.hq_down(STORE, "profiles"),
+                tools.profiles_messages(doc, dt.datetime.now(dt.UTC), SALT),
+                lambda: (rec.latest(topics.STORE_HEALTH) or {}).get("shoppers", {})
+                .get("shoppers_known") == 1,
+            )
             # An anonymous sale first: the fallback learns what sells here.
             for line in journal_receipt(1, list(GROCERIES[:5])):
                 lane.write(line)

@@ -23,7 +23,7 @@ from gateway.hq import tools
 from gateway.identity.loyalty import loyalty_hash
 from gateway.publish import topics
 from gateway.testing.daemon import GatewayProcess, config_text, gateway_sections
-from gateway.testing.hq import HqReceiver
+from gateway.testing.hq import HqReceiver, push_until_applied
 from gateway.testing.mosquitto import MosquittoBroker
 from gateway.testing.pty_lane import PtyLane
 from gateway.testing.receipts import GROCERIES, journal_receipt
@@ -109,19 +109,11 @@ def test_daemon_pos_lanes_end_to_end(
             doc = {"shoppers": [{"shopper": "shopper-7", "root_key": bytes(range(32)).hex(),
                                  "loyalty_ids": [LOYALTY],
                                  "consent": {"scopes": ["presence", "analytics"]}}]}
-            messages = tools.profiles_messages(doc, _now(), SALT)
-            for _ in range(5):  # HQ re-sends until applied (the same id applies once)
-                pub = tools.Publisher("127.0.0.1", hq_broker.port)
-                try:
-                    assert pub.publish_all(topics.hq_down(STORE, "profiles"), messages, 10) == 1
-                finally:
-                    pub.close()
-                if rec.wait_for(topics.STORE_HEALTH,
-                                lambda d: d.get("shoppers", {}).get("shoppers_known") == 1, 3,
-                                since=time.monotonic()):
-                    break
-            else:
-                raise AssertionError("the profile was never applied")
+            push_until_applied(
+                hq_broker.port, topics.hq_down(STORE, "profiles"),
+                tools.profiles_messages(doc, _now(), SALT),
+                lambda: health_of(rec).get("shoppers", {}).get("shoppers_known") == 1,
+            )
 
             # Lane 1: scanned item by item; shopper-7 scans their card and pays by card.
             sale = journal_receipt(41, list(GROCERIES[:4]), loyalty=LOYALTY, card=CARD)

@@ -26,7 +26,7 @@ from gateway.identity.tokens import token_at
 from gateway.publish import topics
 from gateway.sensing.frames import shopper_token_payload
 from gateway.testing.daemon import GatewayProcess, config_text, gateway_sections
-from gateway.testing.hq import HqReceiver
+from gateway.testing.hq import HqReceiver, push_until_applied
 from gateway.testing.mosquitto import MosquittoBroker
 from gateway.testing.subscriber import TopicRecorder
 
@@ -185,15 +185,9 @@ def bring_in_shopper(hq: MosquittoBroker, rec: TopicRecorder, sat: Satellite) ->
     # HQ re-sends until the store has it, as a real HQ does: a message published before
     # the gateway's first subscription reached the broker is not queued for it (the
     # same message id applies once, however often it arrives).
-    messages = shopper_file(dt.datetime.now(dt.UTC))
-    for _ in range(6):
-        downlink(hq.port, "profiles", messages)
-        got = rec.wait_for(topics.STORE_HEALTH, lambda d: resolver(d).get("tokens") == 3, 4,
-                           since=time.monotonic())
-        if got is not None:
-            break
-    else:
-        raise AssertionError(f"shopper-7's tokens never came: {health_of(rec).get('shoppers')}")
+    push_until_applied(hq.port, topics.hq_down(STORE, "profiles"),
+                       shopper_file(dt.datetime.now(dt.UTC)),
+                       lambda: resolver(health_of(rec)).get("tokens") == 3)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         sat.token(ROOT).wait_for_publish(5)

@@ -713,3 +713,35 @@ def _fetch_seqs(conn: sqlite3.Connection, seqs: Iterable[int]) -> list[OutboxRow
             seqs,
         )
     ]
+
+
+class UpstreamSender:
+    """Hands a stage's events to the outbox without waiting, and counts how they fared.
+
+    ``committed`` counts events the outbox committed, ``rejected`` those it
+    refused (shedding by class, a full disk); anything else is a bug and is
+    logged as ``{what}_not_committed`` with its type only (an event may name a
+    shopper).
+    """
+
+    def __init__(self, outbox: Any, what: str, log: Any | None = None) -> None:
+        self.outbox = outbox
+        self.what = what
+        self._log = log or get_logger("outbox")
+        self.committed = 0
+        self.rejected = 0
+
+    def send(self, event: UpEvent) -> None:
+        self.outbox.enqueue(event).add_done_callback(self._done)
+
+    def _done(self, fut: asyncio.Future[str]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            self.committed += 1
+        elif isinstance(exc, OutboxRejected):
+            self.rejected += 1
+            self._log.warning(f"{self.what}_rejected", error=str(exc))
+        else:
+            self._log.error(f"{self.what}_not_committed", error=type(exc).__name__)

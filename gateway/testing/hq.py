@@ -111,3 +111,34 @@ class HqReceiver:
                 return True
             time.sleep(0.05)
         return self.count() >= n
+
+
+def push_until_applied(
+    hq_port: int,
+    topic: str,
+    messages: list[dict[str, Any]],
+    applied: Any,
+    *,
+    tries: int = 6,
+    wait_s: float = 3.0,
+) -> None:
+    """Publish downlink ``messages`` until ``applied()`` holds, as a real HQ re-sends.
+
+    A message that reaches the broker before the gateway's first subscription is
+    not queued for it; the same message id applies once however often it comes.
+    """
+    from gateway.hq import tools
+
+    for _ in range(tries):
+        pub = tools.Publisher("127.0.0.1", hq_port)
+        try:
+            if pub.publish_all(topic, messages, 10) != len(messages):
+                raise AssertionError("HQ's broker did not acknowledge the downlink")
+        finally:
+            pub.close()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if applied():
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"{topic}: never applied after {tries} sends")
