@@ -23,8 +23,9 @@ Default (production, e.g. on the store's Raspberry Pi):
   - /etc/store-gateway (0750 root:storegw) with gateway.toml copied from
     gateway/gateway.example.toml only when absent: an existing one is never touched,
     and the shipped POS dialects in /etc/store-gateway/pos/ (each only when absent)
-  - /var/lib/store-gateway (0750 storegw): database, outbox, models (the shipped
-    default bundle in models/default, refreshed on every run)
+  - /var/lib/store-gateway (0750 storegw): database, outbox, models
+  - /usr/share/store-gateway (0755, refreshed on every run): the default model bundle
+    (models/default) and the shipped POS dialects with their sample captures (pos/)
   - Mosquitto for the store: /etc/mosquitto/conf.d/store-gateway.conf
     (listener on 127.0.0.1:1883, persistence on)
   - usbserial and cdc_acm loaded at boot (/etc/modules-load.d/store-gateway.conf)
@@ -104,6 +105,7 @@ PYTHON=/usr/bin/python3
 PROD_VENV=/opt/store-gateway
 SERVICE_USER=storegw
 CONFIG_DIR=/etc/store-gateway
+SHARE_DIR=/usr/share/store-gateway
 STATE_DIR=/var/lib/store-gateway
 MOSQUITTO_CONF=/etc/mosquitto/conf.d/store-gateway.conf
 UNIT_DIR=/etc/systemd/system
@@ -249,17 +251,22 @@ install_config_and_state() {
     done
     install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR"
     log "state: $STATE_DIR (0750 $SERVICE_USER)"
-    # The shipped default model bundle (models/README.md), refreshed on every run so an
-    # upgrade brings its new default; bundles HQ sends live beside it.
-    if [[ -f $SRC_DIR/models/default/manifest.json ]]; then
-        install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR/models"
-        rm -rf "$STATE_DIR/models/default.new"
-        cp -r "$SRC_DIR/models/default" "$STATE_DIR/models/default.new"
-        chown -R "$SERVICE_USER:$SERVICE_USER" "$STATE_DIR/models/default.new"
-        rm -rf "$STATE_DIR/models/default"
-        mv "$STATE_DIR/models/default.new" "$STATE_DIR/models/default"
-        log "models: default bundle in $STATE_DIR/models/default"
-    fi
+    # What ships read-only and world-readable (the demo runs as any user): the default
+    # model bundle (models/README.md) and the POS dialects with their sample captures,
+    # refreshed on every run so an upgrade brings the new ones.
+    install -d -m 0755 "$SHARE_DIR"
+    local part target
+    for part in models/default firmware_configs/pos; do
+        [[ -d $SRC_DIR/$part ]] || continue
+        target="$SHARE_DIR/${part#firmware_configs/}"
+        install -d -m 0755 "$(dirname "$target")"
+        rm -rf "$target.new"
+        cp -r "$SRC_DIR/$part" "$target.new"
+        chmod -R u=rwX,go=rX "$target.new"
+        rm -rf "$target"
+        mv "$target.new" "$target"
+        log "shipped: $target"
+    done
     # Run as the service user: this also proves it can read the file.
     if runuser -u "$SERVICE_USER" -- /usr/local/bin/store-gateway check-config \
         --config "$CONFIG_DIR/gateway.toml"; then

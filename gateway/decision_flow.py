@@ -61,14 +61,17 @@ OUTPUT: dict[str, Any] = {ARRIVAL: "associate", DWELL: "screen", BASKET: "lane"}
 BASKET_CHANGES = frozenset({"item", "void", "discount", "loyalty"})
 
 
+SHARED_BUNDLE = Path("/usr/share/store-gateway/models/default")
+
+
 def default_bundle_dir() -> Path:
-    """The shipped bundle: models/default beside the package (checkout or install)."""
+    """The shipped bundle: models/default in a checkout, else where install.sh put it."""
     import gateway
 
     here = Path(gateway.__file__).resolve().parent.parent / "models" / "default"
-    if here.exists():
+    if (here / "manifest.json").exists():
         return here
-    return Path("/var/lib/store-gateway/models/default")
+    return SHARED_BUNDLE
 
 
 @dataclass(frozen=True, slots=True)

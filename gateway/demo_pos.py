@@ -36,12 +36,12 @@ RECEIPT_GAP_S = 2.0  # between two customers at the lane
 
 
 def dialects_dir() -> Path:
-    """The shipped dialects: the checkout's firmware_configs/pos, else what install.sh put
-    in /etc/store-gateway/pos."""
+    """The shipped dialects: the checkout's firmware_configs/pos, else the read-only copy
+    install.sh keeps in /usr/share/store-gateway/pos (any user can run the demo)."""
     checkout = Path(gateway.__file__).resolve().parent.parent / "firmware_configs" / "pos"
     if (checkout / f"{DIALECT}.toml").exists():
         return checkout
-    return Path("/etc/store-gateway/pos")
+    return Path("/usr/share/store-gateway/pos")
 
 
 class DemoTill:
