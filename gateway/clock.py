@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Protocol
+
+
+def as_finite(value: object) -> float | None:
+    """``value`` as a finite float, or None: a bool is not a number here, nor an int
+    too large for a float, nor NaN or infinity. For times, weights and shares that
+    arrive from outside (a payload, a config) and must never poison arithmetic."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        f = float(value)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
 
 
 class Clock(Protocol):

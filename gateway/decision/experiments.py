@@ -68,6 +68,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, NamedTuple
 
+from gateway.clock import as_finite as _finite
+
 HOLDOUT = "holdout"
 # The strategy that shows nothing: an arm with it is a second holdout (point 2).
 NONE_STRATEGY = "none"
@@ -79,16 +81,6 @@ _BITS = 53
 # Items looked at per call: k is at most 50, and a receipt has at most a few
 # hundred lines; this bounds the work a junk list can cause.
 MAX_ITEMS_PER_CALL = 2_000
-
-
-def _finite(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        f = float(value)
-    except OverflowError:
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _count(value: object) -> bool:
@@ -114,8 +106,9 @@ class Arm:
         if weight is None or weight <= 0:
             problems.append(f"arm weight must be a finite number above 0, not {self.weight!r}")
         if not isinstance(self.strategy, str) or not NAME_PATTERN.match(self.strategy):
-            problems.append(f"arm strategy must match {NAME_PATTERN.pattern}, "
-                            f"not {self.strategy!r}")
+            problems.append(
+                f"arm strategy must match {NAME_PATTERN.pattern}, not {self.strategy!r}"
+            )
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -152,10 +145,14 @@ class Experiment:
         holdout = _finite(self.holdout)
         if holdout is None or not 0 <= holdout < 1:
             problems.append(f"holdout must be a number in [0, 1), not {self.holdout!r}")
-        if not isinstance(self.baseline, str) or not NAME_PATTERN.match(self.baseline) \
-                or self.baseline == NONE_STRATEGY:
-            problems.append(f"baseline must be a strategy that shows something, "
-                            f"not {self.baseline!r}")
+        if (
+            not isinstance(self.baseline, str)
+            or not NAME_PATTERN.match(self.baseline)
+            or self.baseline == NONE_STRATEGY
+        ):
+            problems.append(
+                f"baseline must be a strategy that shows something, not {self.baseline!r}"
+            )
         arms = self.arms
         if not isinstance(arms, tuple) or not arms or not all(isinstance(a, Arm) for a in arms):
             problems.append("arms must be a non-empty tuple of Arm")
@@ -330,8 +327,7 @@ class HourlySummary:
         for start, experiment, arm in done:
             row = self._rows.pop((start, experiment, arm))
             if not out or out[-1]["experiment"] != experiment or out[-1]["start"] != start:
-                out.append({"experiment": experiment, "start": start, "end": row.end,
-                            "arms": []})
+                out.append({"experiment": experiment, "start": start, "end": row.end, "arms": []})
             out[-1]["arms"].append(row.as_dict())
         return out
 
@@ -371,17 +367,20 @@ class AttributionParams:
         problems = []
         for name in ("max_visits", "max_items_per_visit", "max_buckets"):
             if not _count(getattr(self, name)):
-                problems.append(f"{name} must be an integer of at least 1, "
-                                f"not {getattr(self, name)!r}")
+                problems.append(
+                    f"{name} must be an integer of at least 1, not {getattr(self, name)!r}"
+                )
         for name in ("idle_s", "bucket_s"):
             seconds = _finite(getattr(self, name))
             if seconds is None or seconds <= 0:
-                problems.append(f"{name} must be a finite number above 0, "
-                                f"not {getattr(self, name)!r}")
+                problems.append(
+                    f"{name} must be a finite number above 0, not {getattr(self, name)!r}"
+                )
         skew = _finite(self.max_skew_s)
         if skew is None or skew < 0:
-            problems.append(f"max_skew_s must be a finite number of at least 0, "
-                            f"not {self.max_skew_s!r}")
+            problems.append(
+                f"max_skew_s must be a finite number of at least 0, not {self.max_skew_s!r}"
+            )
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -404,9 +403,14 @@ class Conversion:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready data of a ``conversion`` event (no shopper id)."""
-        return {"visit": self.visit, "experiment": self.experiment, "arm": self.arm,
-                "item": self.item, "shown": self.shown,
-                "recommended_ts": self.recommended_ts}
+        return {
+            "visit": self.visit,
+            "experiment": self.experiment,
+            "arm": self.arm,
+            "item": self.item,
+            "shown": self.shown,
+            "recommended_ts": self.recommended_ts,
+        }
 
 
 class _Recommended:
@@ -464,8 +468,9 @@ class Attribution:
         is counted and ignored.
         """
         ts_s = _finite(ts)
-        if ts_s is None or not all(isinstance(s, str) and s
-                                   for s in (visit, shopper, arm, experiment)):
+        if ts_s is None or not all(
+            isinstance(s, str) and s for s in (visit, shopper, arm, experiment)
+        ):
             self._bad += 1
             return
         shown = bool(shown)
@@ -480,9 +485,9 @@ class Attribution:
         else:
             self._visits.move_to_end(visit)
         entry.last_s = max(entry.last_s, ts_s)
-        distinct = list(dict.fromkeys(
-            i for i in islice(items, MAX_ITEMS_PER_CALL) if isinstance(i, str) and i
-        ))
+        distinct = list(
+            dict.fromkeys(i for i in islice(items, MAX_ITEMS_PER_CALL) if isinstance(i, str) and i)
+        )
         for item in distinct:
             by_experiment = entry.items.get(item)
             rec = by_experiment.get(experiment) if by_experiment is not None else None
@@ -511,8 +516,11 @@ class Attribution:
                 if rec.converted or rec.ts > ts_s + self.params.max_skew_s:
                     continue
                 rec.converted = True
-                out.append(Conversion(visit, entry.shopper, experiment, rec.arm, item,
-                                      rec.shown, rec.ts, ts_s))
+                out.append(
+                    Conversion(
+                        visit, entry.shopper, experiment, rec.arm, item, rec.shown, rec.ts, ts_s
+                    )
+                )
                 self.summary.add_conversion(experiment, rec.arm, rec.shown, ts_s)
         self._conversions += len(out)
         return out
@@ -541,11 +549,19 @@ class Attribution:
 
     def stats(self) -> dict[str, int]:
         """Counters for health: nothing here names a shopper or a visit."""
-        return {"visits": len(self._visits), "recorded": self._recorded,
-                "conversions": self._conversions, "ended": self._ended,
-                "evicted": self._evicted, "expired": self._expired,
-                "forgotten": self._forgotten, "untracked": self._untracked, "bad": self._bad,
-                "summary_rows": len(self.summary), "summary_dropped": self.summary.dropped}
+        return {
+            "visits": len(self._visits),
+            "recorded": self._recorded,
+            "conversions": self._conversions,
+            "ended": self._ended,
+            "evicted": self._evicted,
+            "expired": self._expired,
+            "forgotten": self._forgotten,
+            "untracked": self._untracked,
+            "bad": self._bad,
+            "summary_rows": len(self.summary),
+            "summary_dropped": self.summary.dropped,
+        }
 
     def _expire(self, now_s: float) -> None:
         idle = self.params.idle_s

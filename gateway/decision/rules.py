@@ -61,7 +61,6 @@ from ``decision.k``; ``VisitCaps.end_visit`` on each ``visit_ended``.
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter, OrderedDict
 from collections.abc import Collection, Iterable, Mapping
@@ -69,6 +68,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Literal, NamedTuple
 
+from gateway.clock import as_finite as _finite
 from gateway.identity.shoppers import Consent
 
 Output = Literal["associate", "screen", "lane"]
@@ -82,7 +82,12 @@ OUTPUT_SCOPES: Mapping[str, str] = {
 
 DropReason = Literal["invalid", "duplicate", "in_basket", "excluded", "out_of_stock", "capped"]
 DROP_REASONS: tuple[str, ...] = (
-    "invalid", "duplicate", "in_basket", "excluded", "out_of_stock", "capped",
+    "invalid",
+    "duplicate",
+    "in_basket",
+    "excluded",
+    "out_of_stock",
+    "capped",
 )
 Refusal = Literal["no_visit", "no_consent", "visit_cap"]
 REFUSALS: tuple[str, ...] = ("no_visit", "no_consent", "visit_cap")
@@ -124,8 +129,13 @@ class Pick:
     reasons: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"item": self.item, "rank": self.rank, "source": self.source,
-                "stock": self.stock, "reasons": list(self.reasons)}
+        return {
+            "item": self.item,
+            "rank": self.rank,
+            "source": self.source,
+            "stock": self.stock,
+            "reasons": list(self.reasons),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +148,7 @@ class Drop:
     detail: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"item": self.item, "rank": self.rank, "reason": self.reason,
-                "detail": self.detail}
+        return {"item": self.item, "rank": self.rank, "reason": self.reason, "detail": self.detail}
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,16 +275,6 @@ def _count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _finite(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        f = float(value)
-    except OverflowError:
-        return None
-    return f if math.isfinite(f) else None
-
-
 @dataclass(frozen=True, slots=True)
 class CapParams:
     """Frequency caps per visit and the bounds of their memory; each value says why."""
@@ -304,15 +303,23 @@ class CapParams:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("item_shows_per_visit", "decisions_per_trigger", "max_visits",
-                     "max_items_per_visit", "max_triggers_per_visit"):
+        for name in (
+            "item_shows_per_visit",
+            "decisions_per_trigger",
+            "max_visits",
+            "max_items_per_visit",
+            "max_triggers_per_visit",
+        ):
             if not _count(getattr(self, name)):
-                problems.append(f"{name} must be an integer of at least 1, "
-                                f"not {getattr(self, name)!r}")
+                problems.append(
+                    f"{name} must be an integer of at least 1, not {getattr(self, name)!r}"
+                )
         for trigger, limit in self.trigger_limits.items():
             if not isinstance(trigger, str) or not trigger or not _count(limit):
-                problems.append(f"trigger_limits[{trigger!r}] must be an integer of at least 1 "
-                                f"for a non-empty trigger, not {limit!r}")
+                problems.append(
+                    f"trigger_limits[{trigger!r}] must be an integer of at least 1 "
+                    f"for a non-empty trigger, not {limit!r}"
+                )
         idle = _finite(self.idle_s)
         if idle is None or idle <= 0:
             problems.append(f"idle_s must be a finite number above 0, not {self.idle_s!r}")
@@ -358,8 +365,13 @@ class VisitCaps:
         trigger, a clock that is not a number) is counted and ignored.
         """
         now_s = _finite(now)
-        if not isinstance(visit, str) or not visit or not isinstance(trigger, str) \
-                or not trigger or now_s is None:
+        if (
+            not isinstance(visit, str)
+            or not visit
+            or not isinstance(trigger, str)
+            or not trigger
+            or now_s is None
+        ):
             self._bad += 1
             return
         p = self.params
@@ -409,8 +421,14 @@ class VisitCaps:
 
     def stats(self) -> dict[str, int]:
         """Counters for health: nothing here names a visit."""
-        return {"visits": len(self._visits), "ended": self._ended, "evicted": self._evicted,
-                "expired": self._expired, "untracked": self._untracked, "bad": self._bad}
+        return {
+            "visits": len(self._visits),
+            "ended": self._ended,
+            "evicted": self._evicted,
+            "expired": self._expired,
+            "untracked": self._untracked,
+            "bad": self._bad,
+        }
 
     def _expire(self, now_s: float) -> None:
         # The front is the least recently recorded; stop at the first still alive.
@@ -483,8 +501,15 @@ def decide(
     stamp = ts if ts is not None else 0.0
 
     def refuse(refusal: Refusal, detail: str) -> Decision:
-        return Decision(visit=visit if isinstance(visit, str) else None, trigger=trigger,
-                        output=output, scope=scope, ts=stamp, refusal=refusal, detail=detail)
+        return Decision(
+            visit=visit if isinstance(visit, str) else None,
+            trigger=trigger,
+            output=output,
+            scope=scope,
+            ts=stamp,
+            refusal=refusal,
+            detail=detail,
+        )
 
     if not isinstance(visit, str) or not visit:
         return refuse("no_visit", "no open visit to count caps against")
@@ -536,20 +561,37 @@ def decide(
                         Drop(item, rank, "capped", f"shown {shows} of {item_cap} times this visit")
                     )
                 else:
-                    stock_reason = ("stock unknown" if quantity is None
-                                    else f"in stock {_number(quantity)}")
-                    kept.append(Pick(item, rank, source, quantity, (
-                        f"ranked {rank} by {source}",
-                        stock_reason,
-                        f"shown {shows} of {item_cap} times this visit",
-                    )))
+                    stock_reason = (
+                        "stock unknown" if quantity is None else f"in stock {_number(quantity)}"
+                    )
+                    kept.append(
+                        Pick(
+                            item,
+                            rank,
+                            source,
+                            quantity,
+                            (
+                                f"ranked {rank} by {source}",
+                                stock_reason,
+                                f"shown {shows} of {item_cap} times this visit",
+                            ),
+                        )
+                    )
             seen.add(item)
             if len(kept) >= want:
                 break
     unexamined = _remaining(candidates, examined)
-    return Decision(visit=visit, trigger=trigger, output=output, scope=scope, ts=stamp,
-                    items=tuple(kept), dropped=tuple(dropped), examined=examined,
-                    unexamined=unexamined)
+    return Decision(
+        visit=visit,
+        trigger=trigger,
+        output=output,
+        scope=scope,
+        ts=stamp,
+        items=tuple(kept),
+        dropped=tuple(dropped),
+        examined=examined,
+        unexamined=unexamined,
+    )
 
 
 def _parse(candidate: object) -> tuple[str | None, str | None]:

@@ -72,13 +72,13 @@ handler (``store/v1/kiosks/{kiosk}/identify``) feeds ``kiosk`` and HQ's
 
 from __future__ import annotations
 
-import math
 import secrets
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gateway.clock import as_finite
 from gateway.identity.presence import PresenceEvent
 
 Source = Literal["ble", "pos", "kiosk", "hq_arrival"]
@@ -91,15 +91,8 @@ VisitEventKind = Literal["visit_started", "visit_ended"]
 _PRESENT_KINDS = frozenset({"arrived", "zone_changed", "dwelled"})
 
 
-def _as_time(value: object) -> float | None:
-    """``value`` as finite seconds, or None (a bool is not a time, nor an int beyond float)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        seconds = float(value)
-    except OverflowError:
-        return None
-    return seconds if math.isfinite(seconds) else None
+# Seconds from a signal: finite, not a bool, not an int beyond float.
+_as_time = as_finite
 
 
 def random_visit_id() -> str:
