@@ -128,7 +128,6 @@ class DecisionFlow:
         )
         self._queue: collections.deque[Trigger] = collections.deque()
         self._wake = asyncio.Event()
-        # Where each linked lane's open transaction's shopper stands, for conversions.
         self.triggers: collections.Counter[str] = collections.Counter()
         self.decisions: collections.Counter[str] = collections.Counter()
         self.published: collections.Counter[str] = collections.Counter()
