@@ -325,8 +325,11 @@ class ShopperFlow:
                 self._window_cache, self._cache_version = windows, version
             ibeacons = build_ibeacon_table(ibeacon_tags)
             self.last_rebuild_ms = (time.perf_counter() - started) * 1000
-            if install_at is not None:
-                await asyncio.sleep(max(0.0, install_at - self.clock.wall()))
+            if install_at is not None and not await self._wait_unchanged(install_at, version):
+                # HQ changed profiles while these tables waited for the window change:
+                # they are stale, and a new shopper must not wait up to
+                # ble.rebuild_ahead_s for the change. The loop rebuilds now.
+                return
             self.resolver.install(tokens, eids, ibeacons)
             if self._erased_during_build:
                 self.resolver.forget(self._erased_during_build)
@@ -342,6 +345,17 @@ class ShopperFlow:
             tokens=len(tokens),
             took_ms=round(self.last_rebuild_ms, 1),
         )
+
+    async def _wait_unchanged(self, install_at: float, version: int) -> bool:
+        """Sleep until ``install_at``; False as soon as the key set leaves ``version``.
+
+        Looked at four times a second: this wait happens once per 15-minute window.
+        """
+        while (left := install_at - self.clock.wall()) > 0:
+            if self._keys_version != version:
+                return False
+            await asyncio.sleep(min(left, 0.25))
+        return True
 
     # -- health -----------------------------------------------------------------------
 

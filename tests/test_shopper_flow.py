@@ -293,6 +293,33 @@ def test_table_loop_swaps_in_the_next_window_at_the_change() -> None:
     asyncio.run(scenario())
 
 
+def test_a_profile_arriving_while_the_next_table_waits_resolves_at_once() -> None:
+    """Within ble.rebuild_ahead_s of a window change the next window's tables are built
+    and wait for the change; a profile HQ sends meanwhile must not wait with them."""
+
+    async def scenario() -> None:
+        flow, _, clock = make_flow()
+        w = window_of(clock.wall())
+        clock.advance((w + 1) * WINDOW_S - clock.wall() - 30)  # 30 s before the change
+        loop = asyncio.create_task(flow._table_loop())
+        for _ in range(100):  # the current window's tables, then the pre-build waiting
+            await asyncio.sleep(0.01)
+            if flow._building:
+                break
+        assert flow._building and flow.table_window == w
+        profile, consent = opted_in("s2", ROOT, {"presence"})
+        flow.on_changes({"s2": profile}, {"s2": consent}, set())
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if flow.resolver.resolve(token_advert(ROOT, clock.wall()), {}) is not None:
+                break
+        loop.cancel()
+        got = flow.resolver.resolve(token_advert(ROOT, clock.wall()), {})
+        assert got is not None and got.subject == "s2"
+
+    asyncio.run(scenario())
+
+
 def test_a_full_queue_sheds_and_counts() -> None:
     """Beyond ``ble.queue_max`` sightings wait, BLE sheds and counts what it shed."""
 
