@@ -62,13 +62,13 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, NamedTuple
 
 from gateway.clock import as_finite as _finite
+from gateway.decision.visit_book import VisitBook
 
 HOLDOUT = "holdout"
 # The strategy that shows nothing: an arm with it is a second holdout (point 2).
@@ -439,13 +439,9 @@ class Attribution:
     def __init__(self, params: AttributionParams | None = None) -> None:
         self.params = p = params or AttributionParams()
         self.summary = HourlySummary(p.bucket_s, p.max_buckets)
-        # Ordered by last record: the front is the least recently recorded visit.
-        self._visits: OrderedDict[str, _VisitRecord] = OrderedDict()
+        self._visits: VisitBook[_VisitRecord] = VisitBook(p.max_visits, p.idle_s)
         self._recorded = 0
         self._conversions = 0
-        self._evicted = 0
-        self._expired = 0
-        self._ended = 0
         self._forgotten = 0
         self._untracked = 0
         self._bad = 0
@@ -475,16 +471,7 @@ class Attribution:
             return
         shown = bool(shown)
         p = self.params
-        self._expire(ts_s)
-        entry = self._visits.get(visit)
-        if entry is None:
-            while len(self._visits) >= p.max_visits:
-                self._visits.popitem(last=False)
-                self._evicted += 1
-            entry = self._visits[visit] = _VisitRecord(shopper, ts_s)
-        else:
-            self._visits.move_to_end(visit)
-        entry.last_s = max(entry.last_s, ts_s)
+        entry = self._visits.touch(visit, ts_s, lambda: _VisitRecord(shopper, ts_s))
         distinct = list(
             dict.fromkeys(i for i in islice(items, MAX_ITEMS_PER_CALL) if isinstance(i, str) and i)
         )
@@ -527,18 +514,13 @@ class Attribution:
 
     def end_visit(self, visit: str) -> bool:
         """The visit ended: forget what it was recommended. True when there was anything."""
-        if self._visits.pop(visit, None) is None:
-            return False
-        self._ended += 1
-        return True
+        return self._visits.end(visit)
 
     def forget_shopper(self, shopper: str) -> int:
         """Opt-out: drop the shopper's visits at once; how many. The sums hold no one."""
-        doomed = [v for v, entry in self._visits.items() if entry.shopper == shopper]
-        for v in doomed:
-            del self._visits[v]
-        self._forgotten += len(doomed)
-        return len(doomed)
+        gone = self._visits.drop_where(lambda entry: entry.shopper == shopper)
+        self._forgotten += gone
+        return gone
 
     def flush(self, now: float) -> list[dict[str, Any]]:
         """``HourlySummary.flush``: the finished periods' summaries, for ``experiment_summary``."""
@@ -553,21 +535,12 @@ class Attribution:
             "visits": len(self._visits),
             "recorded": self._recorded,
             "conversions": self._conversions,
-            "ended": self._ended,
-            "evicted": self._evicted,
-            "expired": self._expired,
+            "ended": self._visits.ended,
+            "evicted": self._visits.evicted,
+            "expired": self._visits.expired,
             "forgotten": self._forgotten,
             "untracked": self._untracked,
             "bad": self._bad,
             "summary_rows": len(self.summary),
             "summary_dropped": self.summary.dropped,
         }
-
-    def _expire(self, now_s: float) -> None:
-        idle = self.params.idle_s
-        while self._visits:
-            visit, entry = next(iter(self._visits.items()))
-            if now_s - entry.last_s < idle:
-                return
-            del self._visits[visit]
-            self._expired += 1

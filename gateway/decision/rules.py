@@ -62,13 +62,14 @@ from ``decision.k``; ``VisitCaps.end_visit`` on each ``visit_ended``.
 from __future__ import annotations
 
 import re
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Literal, NamedTuple
 
 from gateway.clock import as_finite as _finite
+from gateway.decision.visit_book import VisitBook
 from gateway.identity.shoppers import Consent
 
 Output = Literal["associate", "screen", "lane"]
@@ -350,11 +351,7 @@ class VisitCaps:
 
     def __init__(self, params: CapParams | None = None) -> None:
         self.params = params or CapParams()
-        # Ordered by last record: the front is the least recently recorded visit.
-        self._visits: OrderedDict[str, _VisitCount] = OrderedDict()
-        self._evicted = 0
-        self._expired = 0
-        self._ended = 0
+        self._visits: VisitBook[_VisitCount] = VisitBook(self.params.max_visits, self.params.idle_s)
         self._untracked = 0
         self._bad = 0
 
@@ -375,16 +372,7 @@ class VisitCaps:
             self._bad += 1
             return
         p = self.params
-        self._expire(now_s)
-        entry = self._visits.get(visit)
-        if entry is None:
-            while len(self._visits) >= p.max_visits:
-                self._visits.popitem(last=False)
-                self._evicted += 1
-            entry = self._visits[visit] = _VisitCount(now_s)
-        else:
-            self._visits.move_to_end(visit)
-        entry.last_s = max(entry.last_s, now_s)
+        entry = self._visits.touch(visit, now_s, lambda: _VisitCount(now_s))
         if trigger in entry.decisions or len(entry.decisions) < p.max_triggers_per_visit:
             entry.decisions[trigger] += 1
         else:
@@ -411,10 +399,7 @@ class VisitCaps:
 
     def end_visit(self, visit: str) -> bool:
         """The visit ended: forget its counts. True when there were any."""
-        if self._visits.pop(visit, None) is None:
-            return False
-        self._ended += 1
-        return True
+        return self._visits.end(visit)
 
     def __len__(self) -> int:
         return len(self._visits)
@@ -423,24 +408,12 @@ class VisitCaps:
         """Counters for health: nothing here names a visit."""
         return {
             "visits": len(self._visits),
-            "ended": self._ended,
-            "evicted": self._evicted,
-            "expired": self._expired,
+            "ended": self._visits.ended,
+            "evicted": self._visits.evicted,
+            "expired": self._visits.expired,
             "untracked": self._untracked,
             "bad": self._bad,
         }
-
-    def _expire(self, now_s: float) -> None:
-        # The front is the least recently recorded; stop at the first still alive.
-        # ``last_s`` only grows with ``move_to_end``, so the order holds unless
-        # records arrive out of time order, which at worst keeps a visit a little longer.
-        idle = self.params.idle_s
-        while self._visits:
-            visit, entry = next(iter(self._visits.items()))
-            if now_s - entry.last_s < idle:
-                return
-            del self._visits[visit]
-            self._expired += 1
 
 
 # -- the decision ------------------------------------------------------------------
