@@ -229,7 +229,26 @@ class Gateway:
 
     async def _wait_stop(self, stop: asyncio.Event) -> None:
         await stop.wait()
+        await self._last_words()
         raise _StopRequested
+
+    async def _last_words(self) -> None:
+        """Before the tasks stop: the running experiment summaries go into the outbox and,
+        while HQ is connected, get a moment (a quarter of the stop budget, 2 s at most)
+        to leave; what has not left by then goes at the next start."""
+        if self.decision is None:
+            return
+        sent = self.decision.flush_summaries(final=True)
+        self.log.info("experiment_summaries_flushed", summaries=sent)
+        if not sent:
+            return
+        wait_s = min(2.0, self.cfg.daemon.shutdown_timeout_s / 4)
+        with contextlib.suppress(StorageError, TimeoutError):
+            async with asyncio.timeout(wait_s):
+                await self.outbox.flush()
+                # Polled: acks come in one by one and nothing else waits on them.
+                while self.hq is not None and self.hq.conn.connected and self.outbox.depth():  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
 
     async def _shutdown(self) -> None:
         """Bounded graceful stop, in reverse order of start."""
@@ -237,6 +256,9 @@ class Gateway:
         budget = self.cfg.daemon.shutdown_timeout_s
         self.notifier.stopping()
         self.log.info("gateway_stopping", outbox_depth=self.outbox.depth())
+        if self.decision is not None:
+            # The running period's experiment summary goes up now, not never.
+            self.decision.flush_summaries(final=True)
         with contextlib.suppress(StorageError, TimeoutError):
             await asyncio.wait_for(self.outbox.flush(), timeout=budget / 2)
         remaining = max(0.2, budget - (time.monotonic() - started))

@@ -59,6 +59,9 @@ ARRIVAL, DWELL, BASKET = "arrival", "dwell", "basket"
 OUTPUT: dict[str, Any] = {ARRIVAL: "associate", DWELL: "screen", BASKET: "lane"}
 # Basket changes worth a new suggestion (a total or a tender line changes nothing).
 BASKET_CHANGES = frozenset({"item", "void", "discount", "loyalty"})
+# How long after a summary period ends its summary is sent: records stamped just
+# before the end reach the book first.
+SUMMARY_MARGIN_S = 0.5
 
 
 SHARED_BUNDLE = Path("/usr/share/store-gateway/models/default")
@@ -210,13 +213,17 @@ class DecisionFlow:
                     self._log.error("decision_failed", trigger=trigger.kind, error=repr(exc))
 
     async def _summary_loop(self) -> None:
+        period = self.dcfg.summary_interval_s
         while True:
-            await asyncio.sleep(self.dcfg.summary_interval_s)
+            # Wake just after each period ends (on the UTC hour by default), not one
+            # interval after start: a period's summary leaves within a second of its end.
+            await asyncio.sleep(period - self.clock.wall() % period + SUMMARY_MARGIN_S)
             self.flush_summaries()
 
-    def flush_summaries(self) -> int:
-        """Send every completed summary upstream; how many."""
-        rows = self.attribution.flush(self.clock.wall())
+    def flush_summaries(self, *, final: bool = False) -> int:
+        """Send every completed summary upstream (``final``: the running periods too,
+        at shutdown); how many."""
+        rows = self.attribution.flush(self.clock.wall(), everything=final)
         for row in rows:
             self._upstream(UpEvent.of("experiment_summary", row, self.clock.wall()))
         return len(rows)

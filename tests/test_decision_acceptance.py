@@ -138,6 +138,13 @@ def test_scripted_visit_with_a_corrupt_model(
     assert conv[0]["experiment"] == "nba-1" and conv[0]["shown"] is True
     decisions = hq_receiver.of_kind("decision")
     assert decisions and all(d["arm"] == arm for d in decisions if d["trigger"] != "dwell")
+    # At the stop, the running hour's per-arm summary left for HQ too (HQ adds up
+    # rows of the same period): the arm's decisions and its one conversion.
+    summaries = wait_for(lambda: hq_receiver.of_kind("experiment_summary"), 5, "the summary")
+    arms = [a for row in summaries if row["experiment"] == "nba-1" for a in row["arms"]]
+    assert sum(a["conversions"] for a in arms if a["arm"] == arm) == 1
+    assert sum(a["decisions"] for a in arms if a["arm"] == arm) == len(
+        [d for d in decisions if d["arm"] == arm and d.get("experiment") == "nba-1"])
     # The lane display updated as the basket changed, and named nobody.
     assert displays and all(d["lane"] == "lane-1" for d in displays)
     visit = alert["visit"]

@@ -218,7 +218,39 @@ def test_arms_holdout_and_one_conversion(tmp_path: Path, holdout_share: float) -
         flow.on_pos_notice(CheckoutCompleted("lane-1", "0002", "complete", items, "3.00", True,
                                              "s-all", "another-visit", now + 90))
         assert len(outbox.of("conversion")) == 1
+        # At shutdown the running period is handed over too, once.
+        assert flow.flush_summaries(final=True) >= 1
+        assert flow.flush_summaries(final=True) == 0
+        arms = [a for row in outbox.of("experiment_summary") for a in row["arms"]]
+        assert {a["arm"] for a in arms} == {arm}
+        assert sum(a["decisions"] for a in arms) == 1
+        assert sum(a["conversions"] for a in arms) == 1
+        assert sum(a["impressions"] for a in arms) == (0 if holdout else len(record["items"]))
         flow.ranker.close()
+
+    asyncio.run(main())
+
+
+def test_summaries_leave_just_after_each_period_ends(tmp_path: Path) -> None:
+    """With 1 s periods, a decision's per-arm summary is upstream within a second or so."""
+    exp = {"id": "e1", "salt": "salt-for-e1", "holdout": 0.0,
+           "arms": [{"name": "a", "weight": 1.0, "strategy": "model"}]}
+
+    async def main() -> None:
+        flow, shoppers, outbox, _published = make_flow(
+            tmp_path, experiments=[exp], summary_interval_s=1)
+        await flow.ranker.start()
+        loop = asyncio.create_task(flow._summary_loop())
+        visit = shoppers.identify("s-all", "pos", time.time(), "checkout")
+        assert await flow.decide(Trigger(ARRIVAL, time.time(), shopper="s-all", visit=visit))
+        deadline = time.monotonic() + 5
+        while not outbox.of("experiment_summary") and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        loop.cancel()
+        flow.ranker.close()
+        (row,) = outbox.of("experiment_summary")
+        assert row["experiment"] == "e1" and row["end"] - row["start"] == 1
+        assert [(a["arm"], a["decisions"]) for a in row["arms"]] == [("a", 1)]
 
     asyncio.run(main())
 

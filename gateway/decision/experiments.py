@@ -313,16 +313,20 @@ class HourlySummary:
             if shown:
                 row.conversions_shown += 1
 
-    def flush(self, now: float) -> list[dict[str, Any]]:
+    def flush(self, now: float, *, everything: bool = False) -> list[dict[str, Any]]:
         """The periods over by ``now``, one dict per (period, experiment), and forget them.
 
         Each dict is the data of one ``experiment_summary`` event: ``experiment``,
         ``start``, ``end`` and ``arms`` (one entry per arm with activity, by name).
+        ``everything`` hands over the periods still running too (at shutdown: HQ
+        adds up summaries of the same period, so nothing counted is lost).
         """
         now_s = _finite(now)
-        if now_s is None:
+        if now_s is None and not everything:
             return []
-        done = sorted(key for key, row in self._rows.items() if row.end <= now_s)
+        done = sorted(
+            key for key, row in self._rows.items() if everything or row.end <= now_s
+        )
         out: list[dict[str, Any]] = []
         for start, experiment, arm in done:
             row = self._rows.pop((start, experiment, arm))
@@ -522,9 +526,9 @@ class Attribution:
         self._forgotten += gone
         return gone
 
-    def flush(self, now: float) -> list[dict[str, Any]]:
+    def flush(self, now: float, *, everything: bool = False) -> list[dict[str, Any]]:
         """``HourlySummary.flush``: the finished periods' summaries, for ``experiment_summary``."""
-        return self.summary.flush(now)
+        return self.summary.flush(now, everything=everything)
 
     def __len__(self) -> int:
         return len(self._visits)

@@ -33,7 +33,8 @@ class HqReceiver:
         # Presence events by event id (the demo scores zone sequences from them).
         self.presence: dict[str, dict[str, Any]] = {}
         # The data of every event of these kinds, by event id (tests read them back).
-        self.kept_kinds = {"transaction", "visit", "decision", "conversion", "impression"}
+        self.kept_kinds = {"transaction", "visit", "decision", "conversion", "impression",
+                           "experiment_summary"}
         self.data: dict[str, dict[str, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
