@@ -20,6 +20,7 @@ from gateway.decision import experiments as ex
 from gateway.hq import tools
 from gateway.identity.loyalty import loyalty_hash
 from gateway.publish import topics
+from gateway.testing.asyncapi import check_up_events
 from gateway.testing.daemon import GatewayProcess, config_text, gateway_sections
 from gateway.testing.hq import HqReceiver, push_until_applied
 from gateway.testing.mosquitto import MosquittoBroker
@@ -77,6 +78,7 @@ def test_scripted_visit_with_a_corrupt_model(
     )))
     watched = [topics.STORE_HEALTH, topics.ASSOCIATE_ALERTS, "store/v1/lanes/+/display",
                "store/v1/zones/+/screen"]
+    hq_receiver.envelopes = []
     gw = GatewayProcess(cfg, log).start()
     try:
         with TopicRecorder(store_broker.port, watched) as rec:
@@ -145,6 +147,10 @@ def test_scripted_visit_with_a_corrupt_model(
     assert sum(a["conversions"] for a in arms if a["arm"] == arm) == 1
     assert sum(a["decisions"] for a in arms if a["arm"] == arm) == len(
         [d for d in decisions if d["arm"] == arm and d.get("experiment") == "nba-1"])
+    # Every event HQ got is as docs/asyncapi.json describes it, field by field.
+    checked = check_up_events(list(hq_receiver.envelopes))
+    assert {"transaction", "visit", "decision", "impression", "conversion",
+            "experiment_summary"} <= set(checked), checked
     # The lane display updated as the basket changed, and named nobody.
     assert displays and all(d["lane"] == "lane-1" for d in displays)
     visit = alert["visit"]

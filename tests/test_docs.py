@@ -85,3 +85,39 @@ def test_asyncapi_downlink_schemas_match_the_code() -> None:
         for topic in (f"retail/v1/stores/{{store}}/down/{kind}", f"retail/v1/fleet/down/{kind}"):
             payload = doc["channels"][topic]["publish"]["message"]["payload"]
             assert payload == json.loads(json.dumps(model.model_json_schema())), topic
+
+
+def test_asyncapi_details_every_event_kind_the_gateway_sends_up() -> None:
+    """Each kind the code sends HQ (``UpEvent.of("kind", ...)``) has its own payload schema
+    in docs/asyncapi.json; the daemon-level tests validate real events against them."""
+    import re
+
+    from gateway.testing.asyncapi import up_schemas
+
+    package = Path(__file__).resolve().parent.parent / "gateway"
+    sent = {
+        m.group(1)
+        for f in package.rglob("*.py")
+        if f.parent.name != "testing" and f.name != "simulated.py"
+        for m in re.finditer(r'UpEvent\.of\(\s*"([a-z_]+)"', f.read_text(encoding="utf-8"))
+    }
+    assert {"transaction", "decision", "presence"} <= sent
+    assert sorted(sent - set(up_schemas())) == []
+
+
+def test_the_asyncapi_check_refuses_undocumented_fields_and_wrong_types() -> None:
+    """The check the daemon-level tests run is not vacuous: an extra field, a wrong type
+    and a kind sent on another kind's topic each fail it; the documented event passes."""
+    import pytest
+
+    from gateway.testing.asyncapi import check_up_events
+
+    topic = "retail/v1/stores/s1/up/conversion"
+    data = {"visit": "v", "experiment": "e", "arm": "a", "item": "4011", "shown": True,
+            "recommended_ts": 1.0, "lane": "lane-1", "transaction": None}
+    env = {"v": 1, "id": "s1:1", "store": "s1", "kind": "conversion", "ts": 2.0, "data": data}
+    assert check_up_events([(topic, env)])["conversion"] == 1
+    for bad_data, topic_ in (({**data, "shopper": "s-7"}, topic), ({**data, "shown": "yes"}, topic),
+                             (data, "retail/v1/stores/s1/up/decision")):
+        with pytest.raises(AssertionError):
+            check_up_events([(topic_, {**env, "data": bad_data})])

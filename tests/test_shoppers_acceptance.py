@@ -25,6 +25,7 @@ from gateway.hq import tools
 from gateway.identity.tokens import token_at
 from gateway.publish import topics
 from gateway.sensing.frames import shopper_token_payload
+from gateway.testing.asyncapi import check_up_events
 from gateway.testing.daemon import GatewayProcess, config_text, gateway_sections
 from gateway.testing.hq import HqReceiver, push_until_applied
 from gateway.testing.mosquitto import MosquittoBroker
@@ -266,6 +267,7 @@ def test_opt_out_erases_the_shopper_and_their_tokens_stop_resolving(
     """After opt-out: id, day keys, loyalty hash in no file or log; tokens resolve no more."""
     replay = tmp_path / "radio.jsonl"
     write_replay(replay, [])
+    hq_receiver.envelopes = []
     gw, db = start_gateway(tmp_path, store_broker, hq_broker, replay)
     rec = TopicRecorder(store_broker.port, [topics.STORE_HEALTH]).start()
     sat = Satellite(store_broker.port)
@@ -287,6 +289,13 @@ def test_opt_out_erases_the_shopper_and_their_tokens_stop_resolving(
             10, "the shopper's tokens dropped as foreign"))
         assert after["resolved"] == before["resolved"]
         assert after["tokens"] == 0
+        # The store's receipt for the opt-out reaches HQ; it and the shopper's presence
+        # and visit events before it are as docs/asyncapi.json describes them.
+        deadline = time.monotonic() + 10
+        while not hq_receiver.by_kind["consent"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        checked = check_up_events(list(hq_receiver.envelopes))
+        assert {"presence", "visit", "consent"} <= set(checked), checked
         running = {f"{p.name} (running)": p.read_bytes() for p in state_files(db)}
     finally:
         sat.close()

@@ -36,6 +36,9 @@ class HqReceiver:
         self.kept_kinds = {"transaction", "visit", "decision", "conversion", "impression",
                            "experiment_summary"}
         self.data: dict[str, dict[str, dict[str, Any]]] = {}
+        # Set to a list to keep every event as received, (topic, envelope): the
+        # AsyncAPI check reads them (off by default: some tests send 100,000s).
+        self.envelopes: list[tuple[str, dict[str, Any]]] | None = None
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._client = paho.Client(
@@ -84,6 +87,8 @@ class HqReceiver:
                 self.statuses.append(doc)
                 return
             self.messages += 1
+            if self.envelopes is not None:
+                self.envelopes.append((msg.topic, doc))
             self.ids.add(doc.get("id", ""))
             self.by_kind[doc.get("kind", "?")] += 1
             self.ids_by_kind.setdefault(doc.get("kind", "?"), set()).add(doc.get("id", ""))
