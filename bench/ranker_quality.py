@@ -164,13 +164,7 @@ def latency_50k() -> None:
 
     n = 50_000
     rng = np.random.default_rng(0)
-    tables = T.ItemTables(
-        cooc_idx=rng.integers(0, n, size=(n + 1, T.COOC_LIST)),
-        cooc_val=rng.random((n + 1, T.COOC_LIST)).astype(np.float32),
-        item_feats=rng.random((n + 1, 3)).astype(np.float32),
-        hour_lift=rng.standard_normal((n + 1, T.N_PARTS)).astype(np.float32),
-        popular=np.arange(T.POPULAR_CANDIDATES),
-    )
+    tables = T.ItemTables.random(n, rng)
     config = T.TrainConfig()
     features = len(T.RERANK_FEATURES)
     rerank = T.fit_mlp(

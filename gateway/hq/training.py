@@ -113,6 +113,18 @@ class ItemTables:
     hour_lift: np.ndarray  # float32 [N+1, N_PARTS]
     popular: np.ndarray  # int64 [POPULAR_CANDIDATES]
 
+    @classmethod
+    def random(cls, n: int, rng: np.random.Generator) -> ItemTables:
+        """Random tables of the right shapes for ``n`` items: graph size and speed
+        measurements (bench/, tests) without training on that many."""
+        return cls(
+            cooc_idx=rng.integers(0, n, size=(n + 1, COOC_LIST)),
+            cooc_val=rng.random((n + 1, COOC_LIST)).astype(np.float32),
+            item_feats=rng.random((n + 1, 3)).astype(np.float32),
+            hour_lift=rng.standard_normal((n + 1, N_PARTS)).astype(np.float32),
+            popular=np.arange(POPULAR_CANDIDATES),
+        )
+
 
 @dataclass
 class TrainedRanker:
