@@ -75,9 +75,16 @@ def gateway_payload(n: int) -> bytes:
     """The bytes the outbox would commit for event ``n`` (same document, same encoding)."""
     ev = make_event(n)
     return json.dumps(
-        {"v": 1, "id": f"{STORE}:{n}", "store": STORE, "kind": ev.kind, "ts": ev.ts,
-         "data": ev.data},
-        separators=(",", ":"), ensure_ascii=False,
+        {
+            "v": 1,
+            "id": f"{STORE}:{n}",
+            "store": STORE,
+            "kind": ev.kind,
+            "ts": ev.ts,
+            "data": ev.data,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
     ).encode()
 
 
@@ -99,12 +106,15 @@ class Subscriber:
 
     def __init__(self, port: int) -> None:
         self.n = 0
-        self._c = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-sub",
-                              protocol=MQTTProtocolVersion.MQTTv5)
+        self._c = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id="bench-sub", protocol=MQTTProtocolVersion.MQTTv5
+        )
         self._c.max_inflight_messages_set(0)
         self._ready = threading.Event()
-        self._c.on_connect = lambda c, *a: (c.subscribe(f"retail/v1/stores/{STORE}/up/#", qos=1),
-                                            self._ready.set())
+        self._c.on_connect = lambda c, *a: (
+            c.subscribe(f"retail/v1/stores/{STORE}/up/#", qos=1),
+            self._ready.set(),
+        )
         self._c.on_message = self._on_message
         self._c.connect("127.0.0.1", port)
         self._c.loop_start()
@@ -147,8 +157,9 @@ def raw_paho(port: int, n: int) -> dict[str, Any]:
                 cond.notify()  # wake the publisher once per chunk, not per PUBACK
 
     up = threading.Event()
-    c = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw",
-                    protocol=MQTTProtocolVersion.MQTTv5)
+    c = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id="bench-raw", protocol=MQTTProtocolVersion.MQTTv5
+    )
     c.max_inflight_messages_set(WINDOW)
     c.on_publish = on_publish
     c.on_connect = lambda *a: up.set()
@@ -166,7 +177,7 @@ def raw_paho(port: int, n: int) -> dict[str, Any]:
                 if not cond.wait(5) and time.monotonic() > deadline:
                     raise RuntimeError(f"raw paho stuck: {acked}/{n} PUBACKs")
             room = min(WINDOW - (sent - acked), n - sent)
-        for p in payloads[sent:sent + room]:
+        for p in payloads[sent : sent + room]:
             c.publish(topic, p, qos=1)
         sent += room
     with cond:
@@ -177,8 +188,12 @@ def raw_paho(port: int, n: int) -> dict[str, Any]:
     c.loop_stop()
     if failed:
         raise RuntimeError(f"raw paho: {failed} failure PUBACKs")
-    return {"n": n, "seconds": last - first, "rate": n / (last - first),
-            "payload_bytes": statistics.mean(len(p) for p in payloads)}
+    return {
+        "n": n,
+        "seconds": last - first,
+        "rate": n / (last - first),
+        "payload_bytes": statistics.mean(len(p) for p in payloads),
+    }
 
 
 # -- shared: the real components --------------------------------------------------
@@ -191,8 +206,9 @@ class Parts:
         self.db = db
         self.writer = SqliteWriter(db, max_size_mb=0, ballast_mb=0)
         self.outbox = Outbox(self.writer, STORE, OUTBOX_CFG, SystemClock())
-        self.hq_cfg = HqSection(enabled=True, host="127.0.0.1", port=port,
-                                reconnect_min_s=0.1, reconnect_max_s=1)
+        self.hq_cfg = HqSection(
+            enabled=True, host="127.0.0.1", port=port, reconnect_min_s=0.1, reconnect_max_s=1
+        )
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -200,8 +216,9 @@ class Parts:
         await self.outbox.open()
         self.tasks.append(asyncio.create_task(self.outbox.run(), name="outbox-commit"))
 
-    async def drain(self, expect: int, rss_sampler: bool = False,
-                    profile: bool = False) -> dict[str, Any]:
+    async def drain(
+        self, expect: int, rss_sampler: bool = False, profile: bool = False
+    ) -> dict[str, Any]:
         """Start the HQ link; time from connect to an empty outbox."""
         assert self.outbox.depth() == expect, (self.outbox.depth(), expect)
         prof = cProfile.Profile() if profile else None
@@ -234,9 +251,15 @@ class Parts:
         for t in hq_tasks:
             t.cancel()
         await asyncio.gather(*hq_tasks, return_exceptions=True)
-        out = {"n": expect, "seconds": t1 - t0, "rate": expect / (t1 - t0),
-               "acked": stats["acked_total"], "published": stats["published_total"],
-               "commits": self.outbox.commits, "peak_rss_drain_mb": peak_rss / 1e6}
+        out = {
+            "n": expect,
+            "seconds": t1 - t0,
+            "rate": expect / (t1 - t0),
+            "acked": stats["acked_total"],
+            "published": stats["published_total"],
+            "commits": self.outbox.commits,
+            "peak_rss_drain_mb": peak_rss / 1e6,
+        }
         if prof:
             s = io.StringIO()
             pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(25)
@@ -276,9 +299,16 @@ async def ingest_and_drain(port: int, n: int, producers: int, profile: bool) -> 
         t_ingest = time.perf_counter() - t0
         commits = parts.outbox.commits - commits0
         lat.sort()
-        ingest = {"n": n, "producers": producers, "seconds": t_ingest, "rate": n / t_ingest,
-                  "commits": commits, "events_per_commit": n / max(commits, 1),
-                  "p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[int(len(lat) * 0.99)] * 1000}
+        ingest = {
+            "n": n,
+            "producers": producers,
+            "seconds": t_ingest,
+            "rate": n / t_ingest,
+            "commits": commits,
+            "events_per_commit": n / max(commits, 1),
+            "p50_ms": lat[len(lat) // 2] * 1000,
+            "p99_ms": lat[int(len(lat) * 0.99)] * 1000,
+        }
         drain = await parts.drain(n, profile=profile)
         await parts.stop()
         return {"ingest": ingest, "drain": drain}
@@ -309,22 +339,43 @@ async def backlog_child(port: int, n: int, db: Path) -> dict[str, Any]:
     end_db, end_wal = file_mb(db)
     await parts.stop()
     closed_db, closed_wal = file_mb(db)
-    return {"n": n, "fill_seconds": t_fill, "fill_rate": n / t_fill,
-            "db_mb": db_mb, "wal_mb": wal_mb, "rss_after_fill_mb": rss_after_fill,
-            "drain_seconds": drain["seconds"], "drain_rate": drain["rate"],
-            "drain_acked": drain["acked"], "peak_rss_drain_mb": drain["peak_rss_drain_mb"],
-            "end_db_mb": end_db, "end_wal_mb": end_wal,
-            "closed_db_mb": closed_db, "closed_wal_mb": closed_wal,
-            # ru_maxrss is in KiB on Linux: the child's peak over fill and drain.
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6}
+    return {
+        "n": n,
+        "fill_seconds": t_fill,
+        "fill_rate": n / t_fill,
+        "db_mb": db_mb,
+        "wal_mb": wal_mb,
+        "rss_after_fill_mb": rss_after_fill,
+        "drain_seconds": drain["seconds"],
+        "drain_rate": drain["rate"],
+        "drain_acked": drain["acked"],
+        "peak_rss_drain_mb": drain["peak_rss_drain_mb"],
+        "end_db_mb": end_db,
+        "end_wal_mb": end_wal,
+        "closed_db_mb": closed_db,
+        "closed_wal_mb": closed_wal,
+        # ru_maxrss is in KiB on Linux: the child's peak over fill and drain.
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6,
+    }
 
 
 def run_backlog(port: int, n: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sgw-bench-backlog-") as d:
         out = subprocess.run(
-            [sys.executable, __file__, "--backlog-child", "--port", str(port),
-             "--backlog", str(n), "--db", str(Path(d) / "gateway.db")],
-            check=True, capture_output=True, text=True,
+            [
+                sys.executable,
+                __file__,
+                "--backlog-child",
+                "--port",
+                str(port),
+                "--backlog",
+                str(n),
+                "--db",
+                str(Path(d) / "gateway.db"),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -334,15 +385,25 @@ def run_backlog(port: int, n: int) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--events", type=int, default=100_000,
-                    help="events for the raw, ingest and drain figures (default 100000)")
+    ap.add_argument(
+        "--events",
+        type=int,
+        default=100_000,
+        help="events for the raw, ingest and drain figures (default 100000)",
+    )
     ap.add_argument("--backlog", type=int, default=1_000_000, help="backlog size (default 1e6)")
     ap.add_argument("--producers", type=int, default=500, help="concurrent put() callers")
     ap.add_argument("--quick", action="store_true", help="small run: 10000 events, 50000 backlog")
-    ap.add_argument("--subscriber", action="store_true",
-                    help="run a QoS 1 subscriber on the event topics during figures 1 and 2")
-    ap.add_argument("--profile", action="store_true",
-                    help="cProfile the event loop thread during the drain of figure 2")
+    ap.add_argument(
+        "--subscriber",
+        action="store_true",
+        help="run a QoS 1 subscriber on the event topics during figures 1 and 2",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile the event loop thread during the drain of figure 2",
+    )
     ap.add_argument("--backlog-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--db", type=Path, help=argparse.SUPPRESS)
@@ -377,41 +438,75 @@ def main() -> None:
     ing, dr = res["ingest"], res["drain"]
     ratio = dr["rate"] / raw["rate"]
     rows = [
-        ("raw paho QoS 1 publish (limit)", f"{raw['rate']:,.0f} msg/s",
-         f"{raw['n']} msgs in {raw['seconds']:.2f} s"),
-        ("durable drain (outbox -> broker)", f"{dr['rate']:,.0f} msg/s",
-         f"{dr['n']} in {dr['seconds']:.2f} s, acked {dr['acked']}"),
-        ("  ratio durable / raw", f"{ratio:.2f}",
-         f"goal >= {GOAL}: {'MET' if ratio >= GOAL else 'NOT MET'}"),
-        ("durable ingest (put, FULL)", f"{ing['rate']:,.0f} ev/s",
-         f"{ing['producers']} producers, {ing['events_per_commit']:.0f} ev/commit"),
-        ("  put latency p50 / p99", f"{ing['p50_ms']:.1f} / {ing['p99_ms']:.1f} ms",
-         f"{ing['commits']} commits (fsync each)"),
-        (f"backlog fill ({bl['n']:,} via enqueue)", f"{bl['fill_seconds']:.1f} s",
-         f"{bl['fill_rate']:,.0f} ev/s"),
-        ("  db + wal after fill", f"{bl['db_mb'] + bl['wal_mb']:.1f} MB",
-         f"db {bl['db_mb']:.1f} + wal {bl['wal_mb']:.1f}; "
-         f"{(bl['db_mb'] + bl['wal_mb']) * 1e6 / bl['n']:.0f} B/event"),
-        ("  time to drain completely", f"{bl['drain_seconds']:.1f} s",
-         f"{bl['drain_rate']:,.0f} msg/s vs raw {raw['rate']:,.0f} "
-         f"({bl['drain_rate'] / raw['rate']:.2f})"),
-        ("  peak RSS (fill + drain)", f"{bl['peak_rss_mb']:.0f} MB",
-         f"during drain {bl['peak_rss_drain_mb']:.0f} MB, after fill "
-         f"{bl['rss_after_fill_mb']:.0f} MB"),
-        ("  db + wal after drain", f"{bl['end_db_mb'] + bl['end_wal_mb']:.1f} MB",
-         f"db {bl['end_db_mb']:.1f} + wal {bl['end_wal_mb']:.1f}; after close "
-         f"{bl['closed_db_mb'] + bl['closed_wal_mb']:.1f} MB"),
+        (
+            "raw paho QoS 1 publish (limit)",
+            f"{raw['rate']:,.0f} msg/s",
+            f"{raw['n']} msgs in {raw['seconds']:.2f} s",
+        ),
+        (
+            "durable drain (outbox -> broker)",
+            f"{dr['rate']:,.0f} msg/s",
+            f"{dr['n']} in {dr['seconds']:.2f} s, acked {dr['acked']}",
+        ),
+        (
+            "  ratio durable / raw",
+            f"{ratio:.2f}",
+            f"goal >= {GOAL}: {'MET' if ratio >= GOAL else 'NOT MET'}",
+        ),
+        (
+            "durable ingest (put, FULL)",
+            f"{ing['rate']:,.0f} ev/s",
+            f"{ing['producers']} producers, {ing['events_per_commit']:.0f} ev/commit",
+        ),
+        (
+            "  put latency p50 / p99",
+            f"{ing['p50_ms']:.1f} / {ing['p99_ms']:.1f} ms",
+            f"{ing['commits']} commits (fsync each)",
+        ),
+        (
+            f"backlog fill ({bl['n']:,} via enqueue)",
+            f"{bl['fill_seconds']:.1f} s",
+            f"{bl['fill_rate']:,.0f} ev/s",
+        ),
+        (
+            "  db + wal after fill",
+            f"{bl['db_mb'] + bl['wal_mb']:.1f} MB",
+            f"db {bl['db_mb']:.1f} + wal {bl['wal_mb']:.1f}; "
+            f"{(bl['db_mb'] + bl['wal_mb']) * 1e6 / bl['n']:.0f} B/event",
+        ),
+        (
+            "  time to drain completely",
+            f"{bl['drain_seconds']:.1f} s",
+            f"{bl['drain_rate']:,.0f} msg/s vs raw {raw['rate']:,.0f} "
+            f"({bl['drain_rate'] / raw['rate']:.2f})",
+        ),
+        (
+            "  peak RSS (fill + drain)",
+            f"{bl['peak_rss_mb']:.0f} MB",
+            f"during drain {bl['peak_rss_drain_mb']:.0f} MB, after fill "
+            f"{bl['rss_after_fill_mb']:.0f} MB",
+        ),
+        (
+            "  db + wal after drain",
+            f"{bl['end_db_mb'] + bl['end_wal_mb']:.1f} MB",
+            f"db {bl['end_db_mb']:.1f} + wal {bl['end_wal_mb']:.1f}; after close "
+            f"{bl['closed_db_mb'] + bl['closed_wal_mb']:.1f} MB",
+        ),
     ]
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     print()
-    print(f"machine: {os.cpu_count()} cores, {platform.machine()}, "
-          f"python {platform.python_version()}, sqlite {sqlite3.sqlite_version}, "
-          f"paho-mqtt {PAHO_VERSION}, "
-          f"mosquitto persistence off")
-    print(f"payload: {raw['payload_bytes']:.0f} B JSON, QoS 1, window {WINDOW}, "
-          f"commit_batch {OUTBOX_CFG.commit_batch}, synchronous=FULL, "
-          f"subscriber {'present (QoS 1)' if args.subscriber else 'none'} (same for raw and drain)")
+    print(
+        f"machine: {os.cpu_count()} cores, {platform.machine()}, "
+        f"python {platform.python_version()}, sqlite {sqlite3.sqlite_version}, "
+        f"paho-mqtt {PAHO_VERSION}, "
+        f"mosquitto persistence off"
+    )
+    print(
+        f"payload: {raw['payload_bytes']:.0f} B JSON, QoS 1, window {WINDOW}, "
+        f"commit_batch {OUTBOX_CFG.commit_batch}, synchronous=FULL, "
+        f"subscriber {'present (QoS 1)' if args.subscriber else 'none'} (same for raw and drain)"
+    )
     print(f"{'figure':<{w0}}  {'value':>{w1}}  peer / limit / detail")
     print("-" * (w0 + w1 + 40))
     for name, val, detail in rows:

@@ -151,8 +151,9 @@ class DecisionFlow:
         if isinstance(ev, VisitEvent):
             if ev.kind == "visit_started" and self.dcfg.on_arrival:
                 zone = ev.zones[0] if ev.zones else None
-                self._push(Trigger(ARRIVAL, ev.ts, shopper=ev.shopper, visit=ev.visit_id,
-                                   zone=zone))
+                self._push(
+                    Trigger(ARRIVAL, ev.ts, shopper=ev.shopper, visit=ev.visit_id, zone=zone)
+                )
             elif ev.kind == "visit_ended":
                 self.attribution.end_visit(ev.visit_id)
                 self.caps.end_visit(ev.visit_id)
@@ -169,9 +170,17 @@ class DecisionFlow:
                 and notice.change in BASKET_CHANGES
             ):
                 basket = tuple(i.code for i in notice.items if i.code)
-                self._push(Trigger(BASKET, notice.ts, shopper=notice.shopper,
-                                   visit=notice.visit, lane=notice.lane,
-                                   zone=self.lane_zones.get(notice.lane), basket=basket))
+                self._push(
+                    Trigger(
+                        BASKET,
+                        notice.ts,
+                        shopper=notice.shopper,
+                        visit=notice.visit,
+                        lane=notice.lane,
+                        zone=self.lane_zones.get(notice.lane),
+                        basket=basket,
+                    )
+                )
         elif isinstance(notice, CheckoutCompleted):
             self._checkout(notice)
 
@@ -261,8 +270,16 @@ class DecisionFlow:
             else None
         )
         # Refusals first (no visit, no consent, a visit's cap), before any inference.
-        refusal = rl.decide((), visit=trigger.visit, trigger=trigger.kind, output=output,
-                            consent=consent, now=now, k=1, caps=self.caps)
+        refusal = rl.decide(
+            (),
+            visit=trigger.visit,
+            trigger=trigger.kind,
+            output=output,
+            consent=consent,
+            now=now,
+            k=1,
+            caps=self.caps,
+        )
         if refusal.refused:
             self.refused[str(refusal.refusal)] += 1
             return None
@@ -391,8 +408,6 @@ class DecisionFlow:
             self.conversions += 1
             data = {**conv.as_dict(), "lane": notice.lane, "transaction": notice.transaction}
             self._upstream(UpEvent.of("conversion", data, notice.ts, subject=conv.shopper))
-
-
 
     # -- health -------------------------------------------------------------------------
 

@@ -56,11 +56,17 @@ def experiment_for(shopper: str | None) -> dict[str, Any]:
     salt = "demo-salt-0"
     for i in range(1000):
         salt = f"demo-salt-{i}"
-        if shopper is None or ex.assign(ex.Experiment(EXPERIMENT_ID, salt, arms, HOLDOUT),
-                                        shopper) == "model":
+        if (
+            shopper is None
+            or ex.assign(ex.Experiment(EXPERIMENT_ID, salt, arms, HOLDOUT), shopper) == "model"
+        ):
             break
-    return {"id": EXPERIMENT_ID, "salt": salt, "holdout": HOLDOUT,
-            "arms": [{"name": a.name, "weight": a.weight, "strategy": a.strategy} for a in arms]}
+    return {
+        "id": EXPERIMENT_ID,
+        "salt": salt,
+        "holdout": HOLDOUT,
+        "arms": [{"name": a.name, "weight": a.weight, "strategy": a.strategy} for a in arms],
+    }
 
 
 class StoreView:
@@ -71,11 +77,18 @@ class StoreView:
         self.alerts: list[dict[str, Any]] = []
         self.screens: dict[str, dict[str, Any]] = {}
         self.displays: list[dict[str, Any]] = []
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id="demo-store-view",
-                                   protocol=MQTTProtocolVersion.MQTTv5)
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id="demo-store-view",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
         self._client.on_connect = lambda c, *a: c.subscribe(
-            [(topics.ASSOCIATE_ALERTS, 1), ("store/v1/zones/+/screen", 1),
-             ("store/v1/lanes/+/display", 1)])
+            [
+                (topics.ASSOCIATE_ALERTS, 1),
+                ("store/v1/zones/+/screen", 1),
+                ("store/v1/lanes/+/display", 1),
+            ]
+        )
         self._client.on_message = self._on_message
         self._client.connect("127.0.0.1", port)
         self._client.loop_start()
@@ -100,8 +113,11 @@ class StoreView:
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            return {"alerts": len(self.alerts), "screens": len(self.screens),
-                    "displays": len(self.displays)}
+            return {
+                "alerts": len(self.alerts),
+                "screens": len(self.screens),
+                "displays": len(self.displays),
+            }
 
     def stop(self) -> None:
         self._client.disconnect()

@@ -83,8 +83,9 @@ class DemoShoppers:
             streams.append([(*a, self._address(rng)) for a in adverts])
         for j, seed in enumerate(FOREIGN_SEEDS):
             address = self._address(rng)
-            adverts = sim.foreign_adverts(seed, start_at + FIRST_FOREIGN_AT_S + j * FOREIGN_GAP_S,
-                                          COMPANY_ID)
+            adverts = sim.foreign_adverts(
+                seed, start_at + FIRST_FOREIGN_AT_S + j * FOREIGN_GAP_S, COMPANY_ID
+            )
             streams.append([(*a, address) for a in adverts])
         adverts = sorted((a for s in streams for a in s), key=lambda a: a[0])
         # What nobody could hear yet (beacons' warm-up before the gateway started) is left out.
@@ -95,9 +96,18 @@ class DemoShoppers:
         self.ends_at = max(exits) + LEFT_AFTER_S + 3.0
         with open(self.replay_file, "w", encoding="utf-8") as f:
             for at, _scanner, md, sd, rssi, address in self.radio:
-                f.write(json.dumps({"at": at, "address": address, "rssi": round(rssi),
-                                    "md": {str(k): v.hex() for k, v in md.items()},
-                                    "sd": {k: v.hex() for k, v in sd.items()}}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "at": at,
+                            "address": address,
+                            "rssi": round(rssi),
+                            "md": {str(k): v.hex() for k, v in md.items()},
+                            "sd": {k: v.hex() for k, v in sd.items()},
+                        }
+                    )
+                    + "\n"
+                )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.published = 0
@@ -110,16 +120,27 @@ class DemoShoppers:
     def config_sections(self) -> dict[str, Any]:
         refs = sim.reference_ibeacons()
         return {
-            "ble": {"enabled": True, "company_id": COMPANY_ID, "zone": "entrance",
-                    "backend": "replay", "replay_file": str(self.replay_file)},
+            "ble": {
+                "enabled": True,
+                "company_id": COMPANY_ID,
+                "zone": "entrance",
+                "backend": "replay",
+                "replay_file": str(self.replay_file),
+            },
             "satellites": [
                 {"id": s.scanner_id, "firmware": "openmqttgateway", "zone": s.zone}
-                for s in DEMO_STORE.scanners if s.scanner_id != "pi"
+                for s in DEMO_STORE.scanners
+                if s.scanner_id != "pi"
             ],
             "reference_beacons": [
-                {"id": b.beacon.beacon_id, "uuid": _uuid_text(refs[b.beacon.beacon_id][0]),
-                 "major": refs[b.beacon.beacon_id][1], "minor": refs[b.beacon.beacon_id][2],
-                 "scanner": b.beacon.scanner, "expected_rssi_dbm": b.beacon.expected_rssi_dbm}
+                {
+                    "id": b.beacon.beacon_id,
+                    "uuid": _uuid_text(refs[b.beacon.beacon_id][0]),
+                    "major": refs[b.beacon.beacon_id][1],
+                    "minor": refs[b.beacon.beacon_id][2],
+                    "scanner": b.beacon.scanner,
+                    "expected_rssi_dbm": b.beacon.expected_rssi_dbm,
+                }
                 for b in DEMO_STORE.beacons
             ],
             "presence": {"left_after_s": LEFT_AFTER_S},
@@ -138,14 +159,22 @@ class DemoShoppers:
         ``features``: shopper -> the ranker's features, in the profile's attributes)."""
         loyalty = loyalty or {}
         features = features or {}
-        doc = {"shoppers": [
-            {"shopper": s.shopper, "root_key": s.root_key.hex(),
-             "consent": {"scopes": ["presence", "analytics", "associate_assist", "screens"]},
-             **({"loyalty_ids": loyalty[s.shopper]} if s.shopper in loyalty else {}),
-             **({"attributes": {"features": features[s.shopper]}}
-                if s.shopper in features else {})}
-            for s in self.opted_in
-        ]}
+        doc = {
+            "shoppers": [
+                {
+                    "shopper": s.shopper,
+                    "root_key": s.root_key.hex(),
+                    "consent": {"scopes": ["presence", "analytics", "associate_assist", "screens"]},
+                    **({"loyalty_ids": loyalty[s.shopper]} if s.shopper in loyalty else {}),
+                    **(
+                        {"attributes": {"features": features[s.shopper]}}
+                        if s.shopper in features
+                        else {}
+                    ),
+                }
+                for s in self.opted_in
+            ]
+        }
         messages = tools.profiles_messages(doc, dt.datetime.now(dt.UTC), salt)
         pub = tools.Publisher("127.0.0.1", hq_port)
         try:
@@ -155,8 +184,11 @@ class DemoShoppers:
 
     def start_satellites(self, store_port: int) -> None:
         """Publish the satellites' reports at their moments, from a thread."""
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="demo-satellites",
-                             protocol=MQTTProtocolVersion.MQTTv5)
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id="demo-satellites",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
         client.connect("127.0.0.1", store_port)
         client.loop_start()
 
@@ -193,7 +225,8 @@ class DemoShoppers:
         for event_id, data in presence.items():
             seq = int(event_id.rsplit(":", 1)[-1]) if ":" in event_id else 0
             by_shopper.setdefault(str(data.get("shopper")), []).append(
-                (seq, str(data.get("event")), str(data.get("zone"))))
+                (seq, str(data.get("event")), str(data.get("zone")))
+            )
         detected = 0
         right = 0
         for shopper, walk in self.walks.items():
@@ -202,5 +235,9 @@ class DemoShoppers:
                 detected += 1
             path = tuple(zone for _, kind, zone in events if kind in ("arrived", "zone_changed"))
             right += path == walk.zones
-        return {"shoppers_opted_in": len(self.walks), "shoppers_detected": detected,
-                "zone_paths_right": right, "foreign_devices": len(FOREIGN_SEEDS)}
+        return {
+            "shoppers_opted_in": len(self.walks),
+            "shoppers_detected": detected,
+            "zone_paths_right": right,
+            "foreign_devices": len(FOREIGN_SEEDS),
+        }

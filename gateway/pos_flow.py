@@ -243,7 +243,6 @@ class PosFlow:
                 self.subscriber_errors += 1
                 self._log.error("pos_subscriber_failed", error=repr(exc))
 
-
     # -- health -----------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:

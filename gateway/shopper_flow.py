@@ -283,8 +283,6 @@ class ShopperFlow:
                 }
                 self._upstream(UpEvent.of("visit", data, ev.ts, subject=ev.shopper))
 
-
-
     async def _table_loop(self) -> None:
         while True:
             now = self.clock.wall()

@@ -32,9 +32,15 @@ STORE = "s1"
 SALT = b"fleet-salt-for-decisions"
 LOYALTY = "9900011122233"
 SHOPPER = "shopper-7"
-EXPERIMENT = {"id": "nba-1", "salt": "experiment-salt-1", "holdout": 0.0,
-              "arms": [{"name": "model", "weight": 1, "strategy": "model"},
-                       {"name": "popular", "weight": 1, "strategy": "popular"}]}
+EXPERIMENT = {
+    "id": "nba-1",
+    "salt": "experiment-salt-1",
+    "holdout": 0.0,
+    "arms": [
+        {"name": "model", "weight": 1, "strategy": "model"},
+        {"name": "popular", "weight": 1, "strategy": "popular"},
+    ],
+}
 POS_DIR = Path(__file__).resolve().parent.parent / "firmware_configs" / "pos"
 
 
@@ -57,9 +63,17 @@ def test_scripted_visit_with_a_corrupt_model(
     # A bundle whose model does not match its manifest's sha256.
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    (bundle / "manifest.json").write_text(json.dumps({
-        "format": "store-gateway-ranker/1", "version": 1, "sha256": "0" * 64,
-        "model_file": "model.onnx", "catalogue": ["1", "2"]}))
+    (bundle / "manifest.json").write_text(
+        json.dumps(
+            {
+                "format": "store-gateway-ranker/1",
+                "version": 1,
+                "sha256": "0" * 64,
+                "model_file": "model.onnx",
+                "catalogue": ["1", "2"],
+            }
+        )
+    )
     (bundle / "model.onnx").write_bytes(b"\x08\x07 not an onnx model")
     salt_file = tmp_path / "loyalty.salt"
     salt_file.write_bytes(SALT)
@@ -68,35 +82,68 @@ def test_scripted_visit_with_a_corrupt_model(
     db = tmp_path / "gateway.db"
     log = tmp_path / "gateway.log"
     cfg = tmp_path / "gateway.toml"
-    cfg.write_text(config_text(gateway_sections(
-        store_id=STORE, db_path=db, store_port=store_broker.port, hq_port=hq_broker.port,
-        store_broker={"health_interval_s": 0.2},
-        pos={"dialects_dir": str(POS_DIR), "loyalty_salt_file": str(salt_file)},
-        lanes=[{"id": "lane-1", "port": str(lane.link), "dialect": "journal-dvr"}],
-        decision={"bundle_dir": str(bundle), "k": 3},
-        experiments=[EXPERIMENT],
-    )))
-    watched = [topics.STORE_HEALTH, topics.ASSOCIATE_ALERTS, "store/v1/lanes/+/display",
-               "store/v1/zones/+/screen"]
+    cfg.write_text(
+        config_text(
+            gateway_sections(
+                store_id=STORE,
+                db_path=db,
+                store_port=store_broker.port,
+                hq_port=hq_broker.port,
+                store_broker={"health_interval_s": 0.2},
+                pos={"dialects_dir": str(POS_DIR), "loyalty_salt_file": str(salt_file)},
+                lanes=[{"id": "lane-1", "port": str(lane.link), "dialect": "journal-dvr"}],
+                decision={"bundle_dir": str(bundle), "k": 3},
+                experiments=[EXPERIMENT],
+            )
+        )
+    )
+    watched = [
+        topics.STORE_HEALTH,
+        topics.ASSOCIATE_ALERTS,
+        "store/v1/lanes/+/display",
+        "store/v1/zones/+/screen",
+    ]
     hq_receiver.envelopes = []
     gw = GatewayProcess(cfg, log).start()
     try:
         with TopicRecorder(store_broker.port, watched) as rec:
-            health = wait_for(lambda: (rec.latest(topics.STORE_HEALTH) or {}).get("pos", {})
-                              .get("lanes", {}).get("lane-1", {}).get("connected")
-                              and rec.latest(topics.STORE_HEALTH), 20, "the lane")
+            health = wait_for(
+                lambda: (
+                    (rec.latest(topics.STORE_HEALTH) or {})
+                    .get("pos", {})
+                    .get("lanes", {})
+                    .get("lane-1", {})
+                    .get("connected")
+                    and rec.latest(topics.STORE_HEALTH)
+                ),
+                20,
+                "the lane",
+            )
             assert health["decision"]["ranker"]["model_version"] is None
             wait_for(lambda: hq_receiver.wait_connected(0.1), 10, "HQ")
             # HQ: shopper-7 with every scope the three outputs need, and their card.
-            doc = {"shoppers": [{"shopper": SHOPPER, "root_key": bytes(range(32)).hex(),
-                                 "loyalty_ids": [LOYALTY],
-                                 "consent": {"scopes": ["presence", "associate_assist",
-                                                        "screens", "analytics"]}}]}
+            doc = {
+                "shoppers": [
+                    {
+                        "shopper": SHOPPER,
+                        "root_key": bytes(range(32)).hex(),
+                        "loyalty_ids": [LOYALTY],
+                        "consent": {
+                            "scopes": ["presence", "associate_assist", "screens", "analytics"]
+                        },
+                    }
+                ]
+            }
             push_until_applied(
-                hq_broker.port, topics.hq_down(STORE, "profiles"),
+                hq_broker.port,
+                topics.hq_down(STORE, "profiles"),
                 tools.profiles_messages(doc, dt.datetime.now(dt.UTC), SALT),
-                lambda: (rec.latest(topics.STORE_HEALTH) or {}).get("shoppers", {})
-                .get("shoppers_known") == 1,
+                lambda: (
+                    (rec.latest(topics.STORE_HEALTH) or {})
+                    .get("shoppers", {})
+                    .get("shoppers_known")
+                    == 1
+                ),
             )
             # An anonymous sale first: the fallback learns what sells here.
             for line in journal_receipt(1, list(GROCERIES[:5])):
@@ -146,11 +193,18 @@ def test_scripted_visit_with_a_corrupt_model(
     arms = [a for row in summaries if row["experiment"] == "nba-1" for a in row["arms"]]
     assert sum(a["conversions"] for a in arms if a["arm"] == arm) == 1
     assert sum(a["decisions"] for a in arms if a["arm"] == arm) == len(
-        [d for d in decisions if d["arm"] == arm and d.get("experiment") == "nba-1"])
+        [d for d in decisions if d["arm"] == arm and d.get("experiment") == "nba-1"]
+    )
     # Every event HQ got is as docs/asyncapi.json describes it, field by field.
     checked = check_up_events(list(hq_receiver.envelopes))
-    assert {"transaction", "visit", "decision", "impression", "conversion",
-            "experiment_summary"} <= set(checked), checked
+    assert {
+        "transaction",
+        "visit",
+        "decision",
+        "impression",
+        "conversion",
+        "experiment_summary",
+    } <= set(checked), checked
     # The lane display updated as the basket changed, and named nobody.
     assert displays and all(d["lane"] == "lane-1" for d in displays)
     visit = alert["visit"]

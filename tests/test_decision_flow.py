@@ -56,23 +56,32 @@ def catalogue() -> list[str]:
 def make_flow(
     tmp_path: Path, experiments: list[dict[str, Any]] | None = None, **decision: Any
 ) -> tuple[DecisionFlow, ShopperFlow, Outbox, Published]:
-    cfg = parse_config({
-        "store": {"id": "s1"},
-        "storage": {"path": str(tmp_path / "g.db")},
-        "lanes": [{"id": "lane-1", "port": str(tmp_path / "tty"),
-                   "dialect": str(POS_DIR / "journal-dvr.toml")}],
-        "decision": {"k": 3, **decision},
-        "experiments": experiments or [],
-    })
+    cfg = parse_config(
+        {
+            "store": {"id": "s1"},
+            "storage": {"path": str(tmp_path / "g.db")},
+            "lanes": [
+                {
+                    "id": "lane-1",
+                    "port": str(tmp_path / "tty"),
+                    "dialect": str(POS_DIR / "journal-dvr.toml"),
+                }
+            ],
+            "decision": {"k": 3, **decision},
+            "experiments": experiments or [],
+        }
+    )
     outbox, published = Outbox(), Published()
     shoppers = ShopperFlow(cfg, SystemClock(), outbox)
     items = catalogue()
     profiles = []
     consents = []
-    for i, (shopper, scopes) in enumerate([
-        ("s-all", ALL_SCOPES),
-        ("s-presence-only", frozenset({"presence"})),
-    ]):
+    for i, (shopper, scopes) in enumerate(
+        [
+            ("s-all", ALL_SCOPES),
+            ("s-presence-only", frozenset({"presence"})),
+        ]
+    ):
         hist = tuple((items[(i * 7 + j) % len(items)], 1.0 / (j + 1)) for j in range(6))
         attrs = {"features": features_to_attributes(ShopperFeatures(hist=hist, nbr=()))}
         profiles.append(Profile(shopper, time.time() + 86400, attributes=attrs))
@@ -89,13 +98,24 @@ def test_every_trigger_decides_with_the_model_and_outputs_name_nobody(tmp_path: 
         now = time.time()
         visit = shoppers.identify("s-all", "pos", now, "checkout")
         assert visit
-        arrival = await flow.decide(Trigger(ARRIVAL, now, shopper="s-all", visit=visit,
-                                            zone="entrance"))
+        arrival = await flow.decide(
+            Trigger(ARRIVAL, now, shopper="s-all", visit=visit, zone="entrance")
+        )
         basket = tuple(catalogue()[:2])
-        lane = await flow.decide(Trigger(BASKET, now, shopper="s-all", visit=visit,
-                                         lane="lane-1", zone="checkout", basket=basket))
-        screen = await flow.decide(Trigger(DWELL, now, shopper="s-all", visit=visit,
-                                           zone="produce"))
+        lane = await flow.decide(
+            Trigger(
+                BASKET,
+                now,
+                shopper="s-all",
+                visit=visit,
+                lane="lane-1",
+                zone="checkout",
+                basket=basket,
+            )
+        )
+        screen = await flow.decide(
+            Trigger(DWELL, now, shopper="s-all", visit=visit, zone="produce")
+        )
         flow.ranker.close()
         assert arrival and lane and screen
         assert {arrival["source"], lane["source"], screen["source"]} == {"model"}
@@ -110,8 +130,13 @@ def test_every_trigger_decides_with_the_model_and_outputs_name_nobody(tmp_path: 
         assert retained
         for doc in (display, shown_screen):
             text = json.dumps(doc)
-            for needle in ("s-all", visit, arrival["decision"], lane["decision"],
-                           screen["decision"]):
+            for needle in (
+                "s-all",
+                visit,
+                arrival["decision"],
+                lane["decision"],
+                screen["decision"],
+            ):
                 assert needle not in text
         # The screen's record names nobody either; the others name the shopper (subject).
         assert screen["shopper"] is None and screen["visit"] is None
@@ -133,8 +158,9 @@ def test_screen_content_does_not_depend_on_who_is_there(tmp_path: Path) -> None:
         for shopper in ("s-all", "s-presence-only"):
             visit = shoppers.identify(shopper, "pos", now, "produce")
             # s-presence-only lacks "screens": only the consented one's dwell shows.
-            record = await flow.decide(Trigger(DWELL, now, shopper=shopper, visit=visit,
-                                               zone="produce"))
+            record = await flow.decide(
+                Trigger(DWELL, now, shopper=shopper, visit=visit, zone="produce")
+            )
             out.append(record["items"] if record else [])
         flow.ranker.close()
         assert [t for t, _, _ in published.messages] == ["store/v1/zones/produce/screen"]
@@ -143,15 +169,19 @@ def test_screen_content_does_not_depend_on_who_is_there(tmp_path: Path) -> None:
 
     first, second = asyncio.run(main())
     assert first and second == []
+
     # Same zone, same hour, a different consented shopper: identical content.
     async def again() -> list[str]:
         flow, shoppers, _outbox, _published = make_flow(tmp_path)
         await flow.ranker.start()
-        shoppers.load([Profile("s-other", time.time() + 86400)],
-                      [Consent("s-other", ALL_SCOPES, time.time() + 86400)])
+        shoppers.load(
+            [Profile("s-other", time.time() + 86400)],
+            [Consent("s-other", ALL_SCOPES, time.time() + 86400)],
+        )
         visit = shoppers.identify("s-other", "kiosk", time.time(), "produce")
-        record = await flow.decide(Trigger(DWELL, time.time(), shopper="s-other", visit=visit,
-                                           zone="produce"))
+        record = await flow.decide(
+            Trigger(DWELL, time.time(), shopper="s-other", visit=visit, zone="produce")
+        )
         flow.ranker.close()
         assert record
         return record["items"]
@@ -166,8 +196,9 @@ def test_consent_stock_and_caps(tmp_path: Path) -> None:
         now = time.time()
         visit = shoppers.identify("s-presence-only", "pos", now, "checkout")
         # No associate_assist scope: refused before any inference, nothing shown.
-        assert await flow.decide(Trigger(ARRIVAL, now, shopper="s-presence-only",
-                                         visit=visit)) is None
+        assert (
+            await flow.decide(Trigger(ARRIVAL, now, shopper="s-presence-only", visit=visit)) is None
+        )
         assert flow.refused["no_consent"] == 1 and not published.messages
         visit = shoppers.identify("s-all", "pos", now, "checkout")
         first = await flow.decide(Trigger(ARRIVAL, now, shopper="s-all", visit=visit))
@@ -189,9 +220,15 @@ def test_consent_stock_and_caps(tmp_path: Path) -> None:
 def test_arms_holdout_and_one_conversion(tmp_path: Path, holdout_share: float) -> None:
     """A recommendation then a purchase of it in the same visit: exactly one conversion,
     with the arm; a holdout records what it would have shown, unshown."""
-    exp = {"id": "e1", "salt": "salt-for-e1", "holdout": holdout_share,
-           "arms": [{"name": "a", "weight": 1.0, "strategy": "model"},
-                    {"name": "b", "weight": 1.0, "strategy": "popular"}]}
+    exp = {
+        "id": "e1",
+        "salt": "salt-for-e1",
+        "holdout": holdout_share,
+        "arms": [
+            {"name": "a", "weight": 1.0, "strategy": "model"},
+            {"name": "b", "weight": 1.0, "strategy": "popular"},
+        ],
+    }
 
     async def main() -> None:
         flow, shoppers, outbox, published = make_flow(tmp_path, experiments=[exp])
@@ -208,15 +245,29 @@ def test_arms_holdout_and_one_conversion(tmp_path: Path, holdout_share: float) -
         bought = record["items"][0]
         items = (BasketItem(bought, "X", "1", None, "1.00"), BasketItem("zzz", "Y", "1", None, "2"))
         for _ in range(2):  # the same sale reported twice still converts once
-            flow.on_pos_notice(CheckoutCompleted("lane-1", "0001", "complete", items, "3.00",
-                                                 True, "s-all", visit, now + 60))
+            flow.on_pos_notice(
+                CheckoutCompleted(
+                    "lane-1", "0001", "complete", items, "3.00", True, "s-all", visit, now + 60
+                )
+            )
         convs = outbox.of("conversion")
         assert len(convs) == 1
         assert convs[0]["item"] == bought and convs[0]["arm"] == arm
         assert convs[0]["shown"] is (not holdout)
         # Another visit's purchase of the same item is no conversion.
-        flow.on_pos_notice(CheckoutCompleted("lane-1", "0002", "complete", items, "3.00", True,
-                                             "s-all", "another-visit", now + 90))
+        flow.on_pos_notice(
+            CheckoutCompleted(
+                "lane-1",
+                "0002",
+                "complete",
+                items,
+                "3.00",
+                True,
+                "s-all",
+                "another-visit",
+                now + 90,
+            )
+        )
         assert len(outbox.of("conversion")) == 1
         # At shutdown the running period is handed over too, once.
         assert flow.flush_summaries(final=True) >= 1
@@ -233,12 +284,17 @@ def test_arms_holdout_and_one_conversion(tmp_path: Path, holdout_share: float) -
 
 def test_summaries_leave_just_after_each_period_ends(tmp_path: Path) -> None:
     """With 1 s periods, a decision's per-arm summary is upstream within a second or so."""
-    exp = {"id": "e1", "salt": "salt-for-e1", "holdout": 0.0,
-           "arms": [{"name": "a", "weight": 1.0, "strategy": "model"}]}
+    exp = {
+        "id": "e1",
+        "salt": "salt-for-e1",
+        "holdout": 0.0,
+        "arms": [{"name": "a", "weight": 1.0, "strategy": "model"}],
+    }
 
     async def main() -> None:
         flow, shoppers, outbox, _published = make_flow(
-            tmp_path, experiments=[exp], summary_interval_s=1)
+            tmp_path, experiments=[exp], summary_interval_s=1
+        )
         await flow.ranker.start()
         loop = asyncio.create_task(flow._summary_loop())
         visit = shoppers.identify("s-all", "pos", time.time(), "checkout")

@@ -15,8 +15,11 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 def _keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys: list[str] = []
     for name, field in model.model_fields.items():
-        nested = [a for a in (field.annotation, *typing.get_args(field.annotation))
-                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        nested = [
+            a
+            for a in (field.annotation, *typing.get_args(field.annotation))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
         if nested:
             keys.extend(_keys(nested[0], f"{prefix}{name}."))
         else:
@@ -42,8 +45,12 @@ def test_asyncapi_names_every_topic_the_gateway_publishes() -> None:
     doc = json.loads((DOCS / "asyncapi.json").read_text())
     assert doc["asyncapi"].startswith("2.")
     channels = set(doc["channels"])
-    wanted = {topics.STORE_STATUS, topics.STORE_HEALTH,
-              topics.hq_up("{store}", "{kind}"), topics.hq_status("{store}")}
+    wanted = {
+        topics.STORE_STATUS,
+        topics.STORE_HEALTH,
+        topics.hq_up("{store}", "{kind}"),
+        topics.hq_status("{store}"),
+    }
     assert wanted <= channels
 
 
@@ -52,15 +59,23 @@ def test_every_health_field_is_documented(tmp_path: Path) -> None:
     from gateway.app import Gateway
     from gateway.config import parse_config
 
-    cfg = parse_config({"store": {"id": "s1"}, "storage": {"path": str(tmp_path / "g.db")},
-                        "hq": {"host": "127.0.0.1", "port": 1},
-                        "simulation": {"events_per_s": 1},
-                        "ble": {"enabled": True},
-                        "satellites": [{"id": "sat-1", "firmware": "openmqttgateway",
-                                        "zone": "produce"}],
-                        "lanes": [{"id": "lane-1", "port": str(tmp_path / "ttyPOS"),
-                                   "dialect": str(DOCS.parent / "firmware_configs" / "pos"
-                                                  / "journal-dvr.toml")}]})
+    cfg = parse_config(
+        {
+            "store": {"id": "s1"},
+            "storage": {"path": str(tmp_path / "g.db")},
+            "hq": {"host": "127.0.0.1", "port": 1},
+            "simulation": {"events_per_s": 1},
+            "ble": {"enabled": True},
+            "satellites": [{"id": "sat-1", "firmware": "openmqttgateway", "zone": "produce"}],
+            "lanes": [
+                {
+                    "id": "lane-1",
+                    "port": str(tmp_path / "ttyPOS"),
+                    "dialect": str(DOCS.parent / "firmware_configs" / "pos" / "journal-dvr.toml"),
+                }
+            ],
+        }
+    )
     health = Gateway(cfg).health()
     text = (DOCS / "mqtt-api.md").read_text()
     fields = []
@@ -69,8 +84,11 @@ def test_every_health_field_is_documented(tmp_path: Path) -> None:
             fields.extend(f"{key}.{sub}" for sub in value)
         else:
             fields.append(key)
-    missing = [f for f in fields if f"`{f}`" not in text and f"`{f.split('.')[-1]}`" not in text
-               and f"`{f}" not in text]
+    missing = [
+        f
+        for f in fields
+        if f"`{f}`" not in text and f"`{f.split('.')[-1]}`" not in text and f"`{f}" not in text
+    ]
     assert missing == []
 
 
@@ -113,11 +131,22 @@ def test_the_asyncapi_check_refuses_undocumented_fields_and_wrong_types() -> Non
     from gateway.testing.asyncapi import check_up_events
 
     topic = "retail/v1/stores/s1/up/conversion"
-    data = {"visit": "v", "experiment": "e", "arm": "a", "item": "4011", "shown": True,
-            "recommended_ts": 1.0, "lane": "lane-1", "transaction": None}
+    data = {
+        "visit": "v",
+        "experiment": "e",
+        "arm": "a",
+        "item": "4011",
+        "shown": True,
+        "recommended_ts": 1.0,
+        "lane": "lane-1",
+        "transaction": None,
+    }
     env = {"v": 1, "id": "s1:1", "store": "s1", "kind": "conversion", "ts": 2.0, "data": data}
     assert check_up_events([(topic, env)])["conversion"] == 1
-    for bad_data, topic_ in (({**data, "shopper": "s-7"}, topic), ({**data, "shown": "yes"}, topic),
-                             (data, "retail/v1/stores/s1/up/decision")):
+    for bad_data, topic_ in (
+        ({**data, "shopper": "s-7"}, topic),
+        ({**data, "shown": "yes"}, topic),
+        (data, "retail/v1/stores/s1/up/decision"),
+    ):
         with pytest.raises(AssertionError):
             check_up_events([(topic_, {**env, "data": bad_data})])

@@ -317,10 +317,18 @@ def test_inventory_fills_the_stock_table_and_bad_levels_are_dead_lettered(
 
     async def scenario() -> list[Changes]:
         async with open_rig(tmp_path / "g.db") as rig:
-            first = await rig.downlink.apply_batch([
-                ("inventory", inventory_msg("inv-1", [{"item": "196", "quantity": 14},
-                                                      {"item": "4011", "quantity": 0}]), NOW),
-            ])
+            first = await rig.downlink.apply_batch(
+                [
+                    (
+                        "inventory",
+                        inventory_msg(
+                            "inv-1",
+                            [{"item": "196", "quantity": 14}, {"item": "4011", "quantity": 0}],
+                        ),
+                        NOW,
+                    ),
+                ]
+            )
             assert first.stock == {"196": 14.0, "4011": 0.0} and not first.stock_replaced
             bad = [
                 inventory_msg("inv-bad-1", [{"item": "196", "quantity": "many"}]),
@@ -332,10 +340,15 @@ def test_inventory_fills_the_stock_table_and_bad_levels_are_dead_lettered(
             ]
             await rig.downlink.apply_batch([("inventory", p, NOW) for p in bad])
             assert rig.downlink.stats()["dead_lettered"] == len(bad)
-            second = await rig.downlink.apply_batch([
-                ("inventory", inventory_msg("inv-2", [{"item": "21903", "quantity": 3.5}],
-                                            replace=True), NOW),
-            ])
+            second = await rig.downlink.apply_batch(
+                [
+                    (
+                        "inventory",
+                        inventory_msg("inv-2", [{"item": "21903", "quantity": 3.5}], replace=True),
+                        NOW,
+                    ),
+                ]
+            )
             assert second.stock_replaced and second.stock == {"21903": 3.5}
             return rig.seen
 

@@ -81,9 +81,13 @@ def test_the_holdout_is_its_own_arm() -> None:
 def test_from_config_takes_a_config_section() -> None:
     """Anything shaped like an [[experiments]] table builds the same experiment."""
     section = SimpleNamespace(
-        id="oat-milk-2026", salt="s3cret-salt", holdout=0.1,
-        arms=(SimpleNamespace(name="model", weight=1.0, strategy="model"),
-              SimpleNamespace(name="popular", weight=2.0, strategy="popular")),
+        id="oat-milk-2026",
+        salt="s3cret-salt",
+        holdout=0.1,
+        arms=(
+            SimpleNamespace(name="model", weight=1.0, strategy="model"),
+            SimpleNamespace(name="popular", weight=2.0, strategy="popular"),
+        ),
     )
 
     assert Experiment.from_config(section) == experiment()
@@ -126,8 +130,15 @@ def test_assignment_is_the_same_in_another_process() -> None:
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
 
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=REPO, env=env, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env=env,
+        timeout=30,
+    )
 
     assert json.loads(out.stdout) == here
     assert here == [assign(experiment(), s) for s in shoppers]
@@ -136,8 +147,9 @@ def test_assignment_is_the_same_in_another_process() -> None:
 def test_a_new_salt_reshuffles() -> None:
     """Another salt puts a good share of shoppers in another arm."""
     shoppers = [f"shopper-{n}" for n in range(1_000)]
-    moved = sum(assign(experiment(), s) != assign(experiment(salt="other-salt"), s)
-                for s in shoppers)
+    moved = sum(
+        assign(experiment(), s) != assign(experiment(salt="other-salt"), s) for s in shoppers
+    )
 
     assert moved > 300
 
@@ -160,8 +172,11 @@ def test_arms_are_balanced_by_weight_with_a_10_percent_holdout(
     e = experiment(weights=weights, holdout=0.1)
     observed = Counter(assign(e, f"shopper-{i}") for i in range(n))
     share = 0.9 / sum(weights)
-    expected = {HOLDOUT: 0.1 * n, "model": share * weights[0] * n,
-                "popular": share * weights[1] * n}
+    expected = {
+        HOLDOUT: 0.1 * n,
+        "model": share * weights[0] * n,
+        "popular": share * weights[1] * n,
+    }
 
     assert set(observed) == set(expected)
     assert chi_square(observed, expected) < CHI2_DF2_P001
@@ -208,7 +223,13 @@ def test_an_item_recommended_twice_then_bought_is_one_conversion_with_its_arm() 
     assert len(conversions) == 1
     (c,) = conversions
     assert (c.visit, c.shopper, c.experiment, c.arm, c.item, c.shown) == (
-        "v1", "s1", "oat-milk-2026", "popular", "oat", True)
+        "v1",
+        "s1",
+        "oat-milk-2026",
+        "popular",
+        "oat",
+        True,
+    )
     assert (c.recommended_ts, c.ts) == (T0, T0 + 600)
     assert "shopper" not in c.as_dict()
     assert attr.on_purchase("v1", ["oat"], T0 + 900) == []
@@ -252,8 +273,7 @@ def test_each_experiment_counts_its_own_conversion() -> None:
 
     conversions = attr.on_purchase("v1", ["oat"], T0 + 600)
 
-    assert sorted((c.experiment, c.arm) for c in conversions) == [("e1", "model"),
-                                                                  ("e2", HOLDOUT)]
+    assert sorted((c.experiment, c.arm) for c in conversions) == [("e1", "model"), ("e2", HOLDOUT)]
 
 
 def test_a_recommendation_after_the_purchase_did_not_cause_it() -> None:
@@ -366,12 +386,31 @@ def test_hourly_summary_counts_decisions_impressions_and_conversions_per_arm() -
     (summary,) = attr.flush(HOUR_START + 3_600)
 
     assert (summary["experiment"], summary["start"], summary["end"]) == (
-        "e1", HOUR_START, HOUR_START + 3_600)
+        "e1",
+        HOUR_START,
+        HOUR_START + 3_600,
+    )
     assert summary["arms"] == [
-        {"arm": HOLDOUT, "decisions": 1, "decisions_shown": 0, "items": 2, "impressions": 0,
-         "conversions": 1, "conversions_shown": 0, "attach_rate": 1.0},
-        {"arm": "model", "decisions": 3, "decisions_shown": 3, "items": 3, "impressions": 3,
-         "conversions": 2, "conversions_shown": 2, "attach_rate": 2 / 3},
+        {
+            "arm": HOLDOUT,
+            "decisions": 1,
+            "decisions_shown": 0,
+            "items": 2,
+            "impressions": 0,
+            "conversions": 1,
+            "conversions_shown": 0,
+            "attach_rate": 1.0,
+        },
+        {
+            "arm": "model",
+            "decisions": 3,
+            "decisions_shown": 3,
+            "items": 3,
+            "impressions": 3,
+            "conversions": 2,
+            "conversions_shown": 2,
+            "attach_rate": 2 / 3,
+        },
     ]
     json.dumps(summary)
     assert attr.flush(HOUR_START + 7_200) == []  # flushed once, then reset

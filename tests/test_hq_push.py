@@ -33,15 +33,35 @@ def test_push_profiles_sends_day_keys_and_hashes_never_the_root_key(
     """A pilot file becomes a valid profiles message with today's and tomorrow's day keys,
     salted loyalty hashes, and no root key or loyalty number."""
     pilot = tmp_path / "shoppers.json"
-    pilot.write_text(json.dumps({"shoppers": [
-        {"shopper": "s-17", "root_key": ROOT.hex(), "loyalty_ids": ["9900011122233"],
-         "consent": {"scopes": ["presence", "associate_assist"]}}]}))
+    pilot.write_text(
+        json.dumps(
+            {
+                "shoppers": [
+                    {
+                        "shopper": "s-17",
+                        "root_key": ROOT.hex(),
+                        "loyalty_ids": ["9900011122233"],
+                        "consent": {"scopes": ["presence", "associate_assist"]},
+                    }
+                ]
+            }
+        )
+    )
     salt = tmp_path / "salt"
     salt.write_bytes(b"fleet-salt\n")
     topic = "retail/v1/stores/S1/down/profiles"
     with TopicRecorder(hq_broker.port, [topic]) as rec:
-        out = push("push-profiles", "--file", str(pilot), "--store", "S1",
-                   "--broker", f"127.0.0.1:{hq_broker.port}", "--loyalty-salt-file", str(salt))
+        out = push(
+            "push-profiles",
+            "--file",
+            str(pilot),
+            "--store",
+            "S1",
+            "--broker",
+            f"127.0.0.1:{hq_broker.port}",
+            "--loyalty-salt-file",
+            str(salt),
+        )
         assert out.returncode == 0, out.stderr
         got = rec.wait_for(topic, timeout_s=10)
     assert got is not None
@@ -53,7 +73,8 @@ def test_push_profiles_sends_day_keys_and_hashes_never_the_root_key(
     today = dt.datetime.now(dt.UTC).date()
     assert entry.day_keys == {
         (today + dt.timedelta(days=d)).isoformat(): day_key(
-            ROOT, today + dt.timedelta(days=d)).hex()
+            ROOT, today + dt.timedelta(days=d)
+        ).hex()
         for d in (0, 1)
     }
     assert entry.loyalty_hashes == [loyalty_hash(b"fleet-salt", "9900011122233")]
@@ -69,8 +90,14 @@ def test_push_consent_publishes_an_opt_out_to_the_fleet(
     changes.write_text(json.dumps({"changes": [{"shopper": "s-17", "action": "opt_out"}]}))
     topic = "retail/v1/fleet/down/consent"
     with TopicRecorder(hq_broker.port, [topic]) as rec:
-        out = push("push-consent", "--file", str(changes), "--fleet",
-                   "--broker", f"127.0.0.1:{hq_broker.port}")
+        out = push(
+            "push-consent",
+            "--file",
+            str(changes),
+            "--fleet",
+            "--broker",
+            f"127.0.0.1:{hq_broker.port}",
+        )
         assert out.returncode == 0, out.stderr
         got = rec.wait_for(topic, timeout_s=10)
     assert got is not None
@@ -82,7 +109,14 @@ def test_push_profiles_refuses_a_short_root_key(tmp_path: Path, hq_broker: Mosqu
     """A root key that is not 32 bytes is an error naming the shopper, and nothing is sent."""
     pilot = tmp_path / "shoppers.json"
     pilot.write_text(json.dumps({"shoppers": [{"shopper": "s-1", "root_key": "00ff"}]}))
-    out = push("push-profiles", "--file", str(pilot), "--store", "S1",
-               "--broker", f"127.0.0.1:{hq_broker.port}")
+    out = push(
+        "push-profiles",
+        "--file",
+        str(pilot),
+        "--store",
+        "S1",
+        "--broker",
+        f"127.0.0.1:{hq_broker.port}",
+    )
     assert out.returncode == 1
     assert "s-1" in out.stderr

@@ -87,8 +87,14 @@ def test_daemon_pos_lanes_end_to_end(
                 log={"level": "debug"},
                 pos={"dialects_dir": str(POS_DIR), "loyalty_salt_file": str(salt_file)},
                 lanes=[
-                    {"id": "lane-1", "port": str(journal.link), "dialect": "journal-dvr",
-                     "zone": "checkout", "reconnect_min_s": 0.05, "reconnect_max_s": 0.2},
+                    {
+                        "id": "lane-1",
+                        "port": str(journal.link),
+                        "dialect": "journal-dvr",
+                        "zone": "checkout",
+                        "reconnect_min_s": 0.05,
+                        "reconnect_max_s": 0.2,
+                    },
                     {"id": "lane-2", "port": str(epson.link), "dialect": "epson-grocery"},
                 ],
             )
@@ -99,26 +105,37 @@ def test_daemon_pos_lanes_end_to_end(
         with TopicRecorder(store_broker.port, [topics.STORE_HEALTH]) as rec:
             wait_health(
                 rec,
-                lambda d: lane_health(d, "lane-1").get("connected")
-                and lane_health(d, "lane-2").get("connected")
-                and d.get("hq", {}).get("connected"),
+                lambda d: (
+                    lane_health(d, "lane-1").get("connected")
+                    and lane_health(d, "lane-2").get("connected")
+                    and d.get("hq", {}).get("connected")
+                ),
                 20,
                 "both lanes connected and HQ up",
             )
             # HQ sends shopper-7's profile with the salted hash of their loyalty card.
-            doc = {"shoppers": [{"shopper": "shopper-7", "root_key": bytes(range(32)).hex(),
-                                 "loyalty_ids": [LOYALTY],
-                                 "consent": {"scopes": ["presence", "analytics"]}}]}
+            doc = {
+                "shoppers": [
+                    {
+                        "shopper": "shopper-7",
+                        "root_key": bytes(range(32)).hex(),
+                        "loyalty_ids": [LOYALTY],
+                        "consent": {"scopes": ["presence", "analytics"]},
+                    }
+                ]
+            }
             push_until_applied(
-                hq_broker.port, topics.hq_down(STORE, "profiles"),
+                hq_broker.port,
+                topics.hq_down(STORE, "profiles"),
                 tools.profiles_messages(doc, _now(), SALT),
                 lambda: health_of(rec).get("shoppers", {}).get("shoppers_known") == 1,
             )
 
             # Lane 1: scanned item by item; shopper-7 scans their card and pays by card.
             sale = journal_receipt(41, list(GROCERIES[:4]), loyalty=LOYALTY, card=CARD)
-            stranger = journal_receipt(42, list(GROCERIES[4:6]), loyalty=STRANGER_LOYALTY,
-                                       card=CARD)
+            stranger = journal_receipt(
+                42, list(GROCERIES[4:6]), loyalty=STRANGER_LOYALTY, card=CARD
+            )
             rng = random.Random(4)
             for line in sale + stranger:
                 journal.write(line, chunk_sizes=iter(lambda: rng.randint(1, 7), None))
@@ -149,8 +166,11 @@ def test_daemon_pos_lanes_end_to_end(
             writer.start()
             try:
                 flagged = wait_health(
-                    rec, lambda d: lane_health(d, "lane-1").get("wrong_baud_suspected"), 10,
-                    "the wrong-baud warning")
+                    rec,
+                    lambda d: lane_health(d, "lane-1").get("wrong_baud_suspected"),
+                    10,
+                    "the wrong-baud warning",
+                )
                 flagged_after = time.monotonic() - started
             finally:
                 stop.set()
@@ -193,16 +213,23 @@ def test_daemon_pos_lanes_end_to_end(
         ("shopper-7", mine["visit"], ["pos"])
     ]
     pos = final["pos"]
-    assert pos["loyalty"] == {"scans": 2 + sum(bool(e["loyalty"]) for e in EXPECTED),
-                              "linked": 1 + sum(e["loyalty"] == LOYALTY for e in EXPECTED),
-                              "without_salt": 0}
+    assert pos["loyalty"] == {
+        "scans": 2 + sum(bool(e["loyalty"]) for e in EXPECTED),
+        "linked": 1 + sum(e["loyalty"] == LOYALTY for e in EXPECTED),
+        "without_salt": 0,
+    }
     assert pos["transactions"]["complete"] >= 2
 
     # Privacy: no card digits and no loyalty number in the database, its WAL or the logs.
     blobs = {p.name: p.read_bytes() for p in (db, Path(f"{db}-wal"), log) if p.exists()}
     assert db.name in blobs and log.name in blobs
-    needles = [CARD.encode(), b"4111 1111 1111 1111", LOYALTY.encode(),
-               STRANGER_LOYALTY.encode(), b"9900011199887"]
+    needles = [
+        CARD.encode(),
+        b"4111 1111 1111 1111",
+        LOYALTY.encode(),
+        STRANGER_LOYALTY.encode(),
+        b"9900011199887",
+    ]
     for name, blob in blobs.items():
         for needle in needles:
             assert needle not in blob, f"{needle!r} found in {name}"

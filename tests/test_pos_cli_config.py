@@ -34,19 +34,37 @@ def problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def lanes_config(*lanes: dict[str, Any], **pos: Any) -> dict[str, Any]:
-    return {"store": {"id": "s1"}, "pos": {"dialects_dir": str(POS_DIR), **pos},
-            "lanes": list(lanes)}
+    return {
+        "store": {"id": "s1"},
+        "pos": {"dialects_dir": str(POS_DIR), **pos},
+        "lanes": list(lanes),
+    }
 
 
 def test_lanes_with_shipped_dialects_validate() -> None:
-    cfg = parse_config(lanes_config(
-        {"id": "lane-1", "port": "/dev/serial/by-id/usb-FTDI-if00-port0",
-         "dialect": "epson-grocery"},
-        {"id": "lane-2", "port": "socket://10.0.0.5:4001", "dialect": "journal-dvr",
-         "baudrate": 19200},
-        {"id": "lane-3", "port": "rfc2217://pos-3.local:2217", "dialect": "eu-escpos",
-         "parity": "E", "bytesize": 7, "stopbits": 2},
-    ))
+    cfg = parse_config(
+        lanes_config(
+            {
+                "id": "lane-1",
+                "port": "/dev/serial/by-id/usb-FTDI-if00-port0",
+                "dialect": "epson-grocery",
+            },
+            {
+                "id": "lane-2",
+                "port": "socket://10.0.0.5:4001",
+                "dialect": "journal-dvr",
+                "baudrate": 19200,
+            },
+            {
+                "id": "lane-3",
+                "port": "rfc2217://pos-3.local:2217",
+                "dialect": "eu-escpos",
+                "parity": "E",
+                "bytesize": 7,
+                "stopbits": 2,
+            },
+        )
+    )
     assert [lane.id for lane in cfg.lanes] == ["lane-1", "lane-2", "lane-3"]
     assert cfg.lanes[2].parity == "E"
 
@@ -74,15 +92,19 @@ def test_bad_lane_settings_are_named(lane: dict[str, Any], path: str, needle: st
 
 
 def test_duplicate_lanes_are_refused() -> None:
-    found = problems(lanes_config(
-        {"id": "lane-1", "port": "/dev/ttyUSB0", "dialect": "journal-dvr"},
-        {"id": "lane-1", "port": "/dev/ttyUSB1", "dialect": "journal-dvr"},
-    ))
+    found = problems(
+        lanes_config(
+            {"id": "lane-1", "port": "/dev/ttyUSB0", "dialect": "journal-dvr"},
+            {"id": "lane-1", "port": "/dev/ttyUSB1", "dialect": "journal-dvr"},
+        )
+    )
     assert any("ids must be unique" in m for _, m in found), found
-    found = problems(lanes_config(
-        {"id": "lane-1", "port": "/dev/ttyUSB0", "dialect": "journal-dvr"},
-        {"id": "lane-2", "port": "/dev/ttyUSB0", "dialect": "journal-dvr"},
-    ))
+    found = problems(
+        lanes_config(
+            {"id": "lane-1", "port": "/dev/ttyUSB0", "dialect": "journal-dvr"},
+            {"id": "lane-2", "port": "/dev/ttyUSB0", "dialect": "journal-dvr"},
+        )
+    )
     assert any("same port" in m for _, m in found), found
 
 
@@ -114,14 +136,25 @@ def test_loyalty_salt_file_must_be_private(tmp_path: Path) -> None:
 
 def test_pos_replay_prints_what_the_dialect_extracts() -> None:
     expected = json.loads((POS_DIR / "captures" / "journal-dvr.expected.json").read_text())
-    out = run_cli("pos", "replay", "--dialect", str(POS_DIR / "journal-dvr.toml"),
-                  str(POS_DIR / "captures" / "journal-dvr.bin"), "--json")
+    out = run_cli(
+        "pos",
+        "replay",
+        "--dialect",
+        str(POS_DIR / "journal-dvr.toml"),
+        str(POS_DIR / "captures" / "journal-dvr.bin"),
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     got = [json.loads(line) for line in out.stdout.splitlines()]
     assert got == expected
     assert "4111111111111111" not in out.stdout
-    human = run_cli("pos", "replay", "--dialect", str(POS_DIR / "journal-dvr.toml"),
-                    str(POS_DIR / "captures" / "journal-dvr.bin"))
+    human = run_cli(
+        "pos",
+        "replay",
+        "--dialect",
+        str(POS_DIR / "journal-dvr.toml"),
+        str(POS_DIR / "captures" / "journal-dvr.bin"),
+    )
     assert human.returncode == 0, human.stderr
     first = expected[0]
     assert f"transaction {first['transaction']}: complete" in human.stdout
@@ -138,12 +171,14 @@ def test_pos_replay_bad_inputs_fail_clearly(tmp_path: Path) -> None:
     garbage.write_bytes(b"\xff\xfe not toml")
     out = run_cli("pos", "replay", "--dialect", str(garbage), str(capture))
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    no_capture = run_cli("pos", "replay", "--dialect", str(POS_DIR / "journal-dvr.toml"),
-                         str(tmp_path / "none.bin"))
+    no_capture = run_cli(
+        "pos", "replay", "--dialect", str(POS_DIR / "journal-dvr.toml"), str(tmp_path / "none.bin")
+    )
     assert no_capture.returncode == 1 and "cannot read" in no_capture.stderr
     # Random bytes as a capture: no transaction, no crash.
     noise = tmp_path / "noise.bin"
     noise.write_bytes(os.urandom(200_000))
-    out = run_cli("pos", "replay", "--dialect", str(POS_DIR / "epson-grocery.toml"),
-                  str(noise), "--json")
+    out = run_cli(
+        "pos", "replay", "--dialect", str(POS_DIR / "epson-grocery.toml"), str(noise), "--json"
+    )
     assert out.returncode == 0, out.stderr

@@ -49,8 +49,13 @@ def run(
     """
     candidates = ranked(items, source) if isinstance(items, tuple) else items
     kwargs: dict[str, Any] = {
-        "visit": "v1", "trigger": "arrived", "output": "associate", "consent": consent(),
-        "now": T0, "k": 5, "caps": caps or VisitCaps(),
+        "visit": "v1",
+        "trigger": "arrived",
+        "output": "associate",
+        "consent": consent(),
+        "now": T0,
+        "k": 5,
+        "caps": caps or VisitCaps(),
     }
     kwargs.update(overrides)
     return decide(candidates, **kwargs)
@@ -69,7 +74,9 @@ def test_kept_items_carry_their_rank_source_and_stock() -> None:
 
     assert d.item_ids == ("a", "b")
     assert d.items[0].reasons == (
-        "ranked 1 by model", "in stock 14", "shown 0 of 2 times this visit"
+        "ranked 1 by model",
+        "in stock 14",
+        "shown 0 of 2 times this visit",
     )
     assert d.items[1].reasons[:2] == ("ranked 2 by model", "in stock 2.5")
     assert (d.items[0].rank, d.items[0].source, d.items[0].stock) == (1, "model", 14.0)
@@ -154,8 +161,16 @@ def test_duplicates_keep_the_better_rank() -> None:
 
 def test_entries_that_are_not_item_ids_are_invalid() -> None:
     """None, numbers, empty or over-long ids and bad sources are dropped as invalid."""
-    junk: list[Any] = [None, 7, ("",), Candidate("", "model"), Candidate("x" * 500, "model"),
-                       Candidate("a", ""), Candidate("b", 3), ("c", "model")]
+    junk: list[Any] = [
+        None,
+        7,
+        ("",),
+        Candidate("", "model"),
+        Candidate("x" * 500, "model"),
+        Candidate("a", ""),
+        Candidate("b", 3),
+        ("c", "model"),
+    ]
     d = run(junk, k=10)
 
     assert d.item_ids == ("c",)
@@ -175,8 +190,7 @@ def test_an_invalid_entry_does_not_shadow_a_later_valid_one() -> None:
 def test_exclusions_by_id_prefix_and_pattern_name_the_rule() -> None:
     """Excluded items are dropped with the rule that matched."""
     ex = Exclusions.build(items=["recalled-1"], prefixes=["ALC-", "TOB-"], patterns=[r"^GIFT\d+$"])
-    d = run(("ALC-wine", "recalled-1", "TOB-cig", "GIFT25", "GIFTX", "milk"),
-            exclusions=ex, k=10)
+    d = run(("ALC-wine", "recalled-1", "TOB-cig", "GIFT25", "GIFTX", "milk"), exclusions=ex, k=10)
 
     assert d.item_ids == ("GIFTX", "milk")
     assert [(x.item, x.detail) for x in d.dropped] == [
@@ -211,8 +225,11 @@ def test_exclusions_that_would_silence_the_store_or_cannot_compile_are_refused(
 
 def test_each_output_needs_its_scope() -> None:
     """Associates need associate_assist; screens and lane displays need screens."""
-    assert OUTPUT_SCOPES == {"associate": "associate_assist", "screen": "screens",
-                             "lane": "screens"}
+    assert OUTPUT_SCOPES == {
+        "associate": "associate_assist",
+        "screen": "screens",
+        "lane": "screens",
+    }
     only_screens = consent(frozenset({"presence", "screens"}))
 
     refused = run(consent=only_screens, output="associate")
@@ -295,7 +312,9 @@ def test_decisions_per_visit_and_trigger_are_capped() -> None:
     refused = run(caps=caps, trigger="dwelled")
 
     assert (refused.refusal, refused.detail) == (
-        "visit_cap", "2 of 2 dwelled decisions made this visit")
+        "visit_cap",
+        "2 of 2 dwelled decisions made this visit",
+    )
     assert run(caps=caps, trigger="arrived").refusal is None
     assert run(caps=caps, trigger="dwelled", visit="v2").refusal is None
     for n in range(2):
@@ -383,8 +402,13 @@ def test_bad_records_are_counted_and_ignored() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"item_shows_per_visit": 0}, {"decisions_per_trigger": True}, {"max_visits": 1.5},
-     {"idle_s": math.inf}, {"trigger_limits": {"arrived": 0}}],
+    [
+        {"item_shows_per_visit": 0},
+        {"decisions_per_trigger": True},
+        {"max_visits": 1.5},
+        {"idle_s": math.inf},
+        {"trigger_limits": {"arrived": 0}},
+    ],
 )
 def test_cap_params_are_validated(kwargs: dict[str, Any]) -> None:
     """Limits are integers of at least 1 and the idle time a finite positive number."""
@@ -415,20 +439,31 @@ def test_a_decision_serialises_to_json() -> None:
 
     doc = json.loads(json.dumps(d.as_dict()))
 
-    assert doc["items"][0]["reasons"] == ["ranked 2 by model", "in stock 3",
-                                          "shown 0 of 2 times this visit"]
-    assert doc["dropped"] == [{"item": "a", "rank": 1, "reason": "in_basket",
-                               "detail": "already in the basket"}]
+    assert doc["items"][0]["reasons"] == [
+        "ranked 2 by model",
+        "in stock 3",
+        "shown 0 of 2 times this visit",
+    ]
+    assert doc["dropped"] == [
+        {"item": "a", "rank": 1, "reason": "in_basket", "detail": "already in the basket"}
+    ]
 
 
 item_ids = st.text(alphabet="abcAL-_0123456789", min_size=0, max_size=6)
-junk = st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=3),
-                 st.tuples(item_ids), st.tuples(st.integers(), st.text(max_size=3)))
+junk = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=3),
+    st.tuples(item_ids),
+    st.tuples(st.integers(), st.text(max_size=3)),
+)
 candidate_entries = st.one_of(
     st.builds(Candidate, item_ids, st.sampled_from(["model", "fallback", ""])), junk
 )
-quantities = st.one_of(st.none(), st.integers(-5, 50), st.floats(allow_nan=True),
-                       st.booleans(), st.text(max_size=2))
+quantities = st.one_of(
+    st.none(), st.integers(-5, 50), st.floats(allow_nan=True), st.booleans(), st.text(max_size=2)
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -468,7 +503,8 @@ def test_hostile_inputs_never_raise_and_the_invariants_hold(
         assert not p.item.startswith("AL") and p.item != "c0"
         assert p.item not in shown_before
         q = stock.get(p.item)
-        assert not (isinstance(q, int | float) and not isinstance(q, bool)
-                    and math.isfinite(q) and q <= 0)
+        assert not (
+            isinstance(q, int | float) and not isinstance(q, bool) and math.isfinite(q) and q <= 0
+        )
     assert {x.reason for x in d.dropped} <= set(DROP_REASONS)
     assert d.examined <= MAX_EXAMINED

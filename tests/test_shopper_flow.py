@@ -377,8 +377,12 @@ def test_configured_offsets_apply_to_scanners_without_a_beacon() -> None:
             "hq": {"enabled": False},
             "ble": {"enabled": True, "rssi_offset_db": -3},
             "satellites": [
-                {"id": "sat-1", "firmware": "openmqttgateway", "zone": "produce",
-                 "rssi_offset_db": 4.5},
+                {
+                    "id": "sat-1",
+                    "firmware": "openmqttgateway",
+                    "zone": "produce",
+                    "rssi_offset_db": 4.5,
+                },
             ],
         }
     )

@@ -97,8 +97,11 @@ class Satellite:
 
     def report(self, address: str, md: dict[int, bytes], rssi: int) -> Any:
         ((cid, payload),) = md.items()
-        doc = {"id": address, "rssi": rssi, "manufacturerdata": (
-            cid.to_bytes(2, "little") + payload).hex()}
+        doc = {
+            "id": address,
+            "rssi": rssi,
+            "manufacturerdata": (cid.to_bytes(2, "little") + payload).hex(),
+        }
         topic = f"home/{SAT}/BTtoMQTT/{address.replace(':', '')}"
         return self.client.publish(topic, json.dumps(doc), qos=1)
 
@@ -150,8 +153,9 @@ def text_hits(blob: bytes, hex_needles: set[bytes], addresses: set[bytes]) -> in
     return hits
 
 
-def start_gateway(tmp_path: Path, store: MosquittoBroker, hq: MosquittoBroker,
-                  replay: Path) -> tuple[GatewayProcess, Path]:
+def start_gateway(
+    tmp_path: Path, store: MosquittoBroker, hq: MosquittoBroker, replay: Path
+) -> tuple[GatewayProcess, Path]:
     db = tmp_path / "gw.db"
     cfg = tmp_path / "gw.toml"
     cfg.write_text(
@@ -162,8 +166,13 @@ def start_gateway(tmp_path: Path, store: MosquittoBroker, hq: MosquittoBroker,
                 store_port=store.port,
                 hq_port=hq.port,
                 log={"format": "json", "level": "debug"},
-                ble={"enabled": True, "company_id": CID, "zone": "entrance",
-                     "backend": "replay", "replay_file": str(replay)},
+                ble={
+                    "enabled": True,
+                    "company_id": CID,
+                    "zone": "entrance",
+                    "backend": "replay",
+                    "replay_file": str(replay),
+                },
                 satellites=[{"id": SAT, "firmware": "openmqttgateway", "zone": "produce"}],
                 presence={"left_after_s": 10},
                 store_broker={"health_interval_s": 0.5},
@@ -186,11 +195,14 @@ def bring_in_shopper(hq: MosquittoBroker, rec: TopicRecorder, sat: Satellite) ->
     # HQ re-sends until the store has it, as a real HQ does: a message published before
     # the gateway's first subscription reached the broker is not queued for it (the
     # same message id applies once, however often it arrives).
-    push_until_applied(hq.port, topics.hq_down(STORE, "profiles"),
-                       shopper_file(dt.datetime.now(dt.UTC)),
-                       # 3 windows (previous, current, next); 2 in the first window after
-                       # UTC midnight, as stores get today's and tomorrow's day keys only.
-                       lambda: resolver(health_of(rec)).get("tokens", 0) >= 2)
+    push_until_applied(
+        hq.port,
+        topics.hq_down(STORE, "profiles"),
+        shopper_file(dt.datetime.now(dt.UTC)),
+        # 3 windows (previous, current, next); 2 in the first window after
+        # UTC midnight, as stores get today's and tomorrow's day keys only.
+        lambda: resolver(health_of(rec)).get("tokens", 0) >= 2,
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         sat.token(ROOT).wait_for_publish(5)
@@ -203,7 +215,9 @@ def bring_in_shopper(hq: MosquittoBroker, rec: TopicRecorder, sat: Satellite) ->
 
 @pytest.mark.slow
 def test_a_hundred_thousand_foreign_adverts_leave_no_trace(
-    tmp_path: Path, store_broker: MosquittoBroker, hq_broker: MosquittoBroker,
+    tmp_path: Path,
+    store_broker: MosquittoBroker,
+    hq_broker: MosquittoBroker,
     hq_receiver: HqReceiver,
 ) -> None:
     """100,000 foreign adverts: no address or payload byte of theirs in the db, WAL or logs."""
@@ -212,9 +226,18 @@ def test_a_hundred_thousand_foreign_adverts_leave_no_trace(
     over_mqtt = [foreign(rng, i) for i in range(N_SATELLITE)]
     replay = tmp_path / "radio.jsonl"
     # The radio's adverts play from 3 s after the scanner starts, 25,000 a second.
-    write_replay(replay, ({"t": 3 + i / 25_000, "address": a, "rssi": -70,
-                           "md": {str(k): v.hex() for k, v in md.items()}}
-                          for i, (a, md, _) in enumerate(radio)))
+    write_replay(
+        replay,
+        (
+            {
+                "t": 3 + i / 25_000,
+                "address": a,
+                "rssi": -70,
+                "md": {str(k): v.hex() for k, v in md.items()},
+            }
+            for i, (a, md, _) in enumerate(radio)
+        ),
+    )
     gw, db = start_gateway(tmp_path, store_broker, hq_broker, replay)
     rec = TopicRecorder(store_broker.port, [topics.STORE_HEALTH]).start()
     sat = Satellite(store_broker.port)
@@ -253,15 +276,19 @@ def test_a_hundred_thousand_foreign_adverts_leave_no_trace(
     # The search works: what the gateway may keep (the opted-in shopper) is found.
     assert b"shopper-7" in b"".join(running.values())
     assert b"token_tables_built" in log
-    print(f"\nforeign adverts dropped {res['foreign_dropped']:,} (malformed "
-          f"{res['malformed']}); searched {sorted(blobs)} ({sum(map(len, blobs.values())):,} "
-          f"bytes) for {len(secrets):,} payloads and {len(addresses):,} addresses: {found}")
+    print(
+        f"\nforeign adverts dropped {res['foreign_dropped']:,} (malformed "
+        f"{res['malformed']}); searched {sorted(blobs)} ({sum(map(len, blobs.values())):,} "
+        f"bytes) for {len(secrets):,} payloads and {len(addresses):,} addresses: {found}"
+    )
     assert found == dict.fromkeys(blobs, 0)
 
 
 @pytest.mark.slow
 def test_opt_out_erases_the_shopper_and_their_tokens_stop_resolving(
-    tmp_path: Path, store_broker: MosquittoBroker, hq_broker: MosquittoBroker,
+    tmp_path: Path,
+    store_broker: MosquittoBroker,
+    hq_broker: MosquittoBroker,
     hq_receiver: HqReceiver,
 ) -> None:
     """After opt-out: id, day keys, loyalty hash in no file or log; tokens resolve no more."""
@@ -276,17 +303,26 @@ def test_opt_out_erases_the_shopper_and_their_tokens_stop_resolving(
         assert hq_receiver.wait_for(1, 20)
         assert b"shopper-7" in b"".join(p.read_bytes() for p in state_files(db))
         asked = time.monotonic()
-        downlink(hq_broker.port, "consent", [{"v": 1, "id": "c-1", "changes": [
-            {"shopper": "shopper-7", "action": "opt_out"}]}])
-        erased = wait_health(rec, lambda d: d.get("downlink", {}).get("erased_shoppers") == 1,
-                             5, "the erasure")
+        downlink(
+            hq_broker.port,
+            "consent",
+            [{"v": 1, "id": "c-1", "changes": [{"shopper": "shopper-7", "action": "opt_out"}]}],
+        )
+        erased = wait_health(
+            rec, lambda d: d.get("downlink", {}).get("erased_shoppers") == 1, 5, "the erasure"
+        )
         took = time.monotonic() - asked
         before = resolver(erased)
         for _ in range(10):
             sat.token(ROOT).wait_for_publish(5)
-        after = resolver(wait_health(
-            rec, lambda d: resolver(d).get("foreign_dropped", 0) >= before["foreign_dropped"] + 10,
-            10, "the shopper's tokens dropped as foreign"))
+        after = resolver(
+            wait_health(
+                rec,
+                lambda d: resolver(d).get("foreign_dropped", 0) >= before["foreign_dropped"] + 10,
+                10,
+                "the shopper's tokens dropped as foreign",
+            )
+        )
         assert after["resolved"] == before["resolved"]
         assert after["tokens"] == 0
         # The store's receipt for the opt-out reaches HQ; it and the shopper's presence
@@ -307,8 +343,11 @@ def test_opt_out_erases_the_shopper_and_their_tokens_stop_resolving(
     loyalty = tools.loyalty_hash(SALT, LOYALTY)
     needles = [b"shopper-7", loyalty.encode(), bytes.fromhex(loyalty)]
     needles += [k for k in keys] + [k.hex().encode() for k in keys]
-    blobs = {**running, **{p.name: p.read_bytes() for p in state_files(db)},
-             "gw.log": (tmp_path / "gw.log").read_bytes()}
+    blobs = {
+        **running,
+        **{p.name: p.read_bytes() for p in state_files(db)},
+        "gw.log": (tmp_path / "gw.log").read_bytes(),
+    }
     assert any("-wal" in name for name in blobs), "the WAL was never searched"
     found = {name: [n[:12] for n in needles if n in blob] for name, blob in blobs.items()}
     print(f"\nerased {took:.2f} s after the opt-out was sent; searched {sorted(found)}: {found}")

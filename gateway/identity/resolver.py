@@ -38,6 +38,7 @@ from gateway.sensing.frames import (
 # this cap only the periods around the table's centre are covered.
 MAX_EIDS_PER_TAG = 64
 
+
 def build_eid_table(tags: Iterable[tuple[str, EidTag]], center_window: int) -> dict[bytes, str]:
     """EID -> shopper for every tag, over the windows a token table of ``center_window`` covers.
 

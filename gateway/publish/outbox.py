@@ -359,7 +359,8 @@ class Outbox:
             return True
         disk_free = st.f_bavail * st.f_frsize
         return disk_free + free_pages * page_size >= max(
-            2 * self.writer.ballast_bytes, HEADROOM_MIN_BYTES)
+            2 * self.writer.ballast_bytes, HEADROOM_MIN_BYTES
+        )
 
     def _insert_and_delete(
         self,

@@ -48,18 +48,31 @@ def config_text(sections: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def gateway_sections(*, store_id: str, db_path: Path, store_port: int,
-                     hq_port: int | None = None, **overrides: Any
-                     ) -> dict[str, Any]:
+def gateway_sections(
+    *, store_id: str, db_path: Path, store_port: int, hq_port: int | None = None, **overrides: Any
+) -> dict[str, Any]:
     """A config for a test or demo gateway: local brokers, fast reconnects, JSON logs."""
     sections: dict[str, dict[str, Any]] = {
         "store": {"id": store_id},
         "storage": {"path": str(db_path), "ballast_mb": 0},
-        "store_broker": {"host": "127.0.0.1", "port": store_port, "health_interval_s": 1,
-                         "reconnect_min_s": 0.1, "reconnect_max_s": 1},
-        "hq": ({"enabled": True, "host": "127.0.0.1", "port": hq_port,
-                "reconnect_min_s": 0.1, "reconnect_max_s": 1}
-               if hq_port else {"enabled": False}),
+        "store_broker": {
+            "host": "127.0.0.1",
+            "port": store_port,
+            "health_interval_s": 1,
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 1,
+        },
+        "hq": (
+            {
+                "enabled": True,
+                "host": "127.0.0.1",
+                "port": hq_port,
+                "reconnect_min_s": 0.1,
+                "reconnect_max_s": 1,
+            }
+            if hq_port
+            else {"enabled": False}
+        ),
         "log": {"format": "json", "level": "info"},
     }
     for name, body in overrides.items():
@@ -85,7 +98,10 @@ class GatewayProcess:
         env.pop("NOTIFY_SOCKET", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
-            stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         return self
 
     @property

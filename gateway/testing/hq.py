@@ -33,8 +33,14 @@ class HqReceiver:
         # Presence events by event id (the demo scores zone sequences from them).
         self.presence: dict[str, dict[str, Any]] = {}
         # The data of every event of these kinds, by event id (tests read them back).
-        self.kept_kinds = {"transaction", "visit", "decision", "conversion", "impression",
-                           "experiment_summary"}
+        self.kept_kinds = {
+            "transaction",
+            "visit",
+            "decision",
+            "conversion",
+            "impression",
+            "experiment_summary",
+        }
         self.data: dict[str, dict[str, dict[str, Any]]] = {}
         # Set to a list to keep every event as received, (topic, envelope): the
         # AsyncAPI check reads them (off by default: some tests send 100,000s).
