@@ -140,7 +140,8 @@ def _cmd_pos_replay(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from gateway.sensing.pos_dialect import DialectError, load_dialect, replay
+    from gateway.errors import DialectError
+    from gateway.sensing.pos_dialect import load_dialect, replay
 
     try:
         dialect = load_dialect(args.dialect)

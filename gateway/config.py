@@ -470,7 +470,8 @@ def dialect_path(config: GatewayConfig, dialect: str) -> Path:
 
 def _check_dialects(config: GatewayConfig) -> list[tuple[str, str]]:
     """Every lane's dialect loads (bad regexes and unknown keys are found now, not at 3 am)."""
-    from gateway.sensing.pos_dialect import DialectError, load_dialect
+    from gateway.errors import DialectError
+    from gateway.sensing.pos_dialect import load_dialect
 
     problems: list[tuple[str, str]] = []
     for i, lane in enumerate(config.lanes):

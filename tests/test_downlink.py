@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from gateway.clock import ManualClock
 from gateway.config import BrokerSection, DownlinkSection, OutboxSection, ProfilesSection
+from gateway.errors import DownlinkRejected
 from gateway.events import UpEvent
-from gateway.publish.downlink import Changes, Downlink, Rejected, decode
+from gateway.publish.downlink import Changes, Downlink, decode
 from gateway.publish.mqtt import MqttConnection
 from gateway.publish.outbox import Outbox
 from gateway.storage import profiles as profile_rows
@@ -299,10 +300,10 @@ json_values = st.recursive(
     ),
 )
 def test_decode_never_raises_anything_but_rejected(kind: str, payload: bytes) -> None:
-    """Arbitrary bytes and JSON shapes either validate or raise Rejected, nothing else."""
+    """Arbitrary bytes and JSON shapes either validate or raise DownlinkRejected, nothing else."""
     try:
         decode(kind, payload, MAX)
-    except Rejected as exc:
+    except DownlinkRejected as exc:
         assert exc.reason
 
 

@@ -23,9 +23,10 @@ from gateway.decision.features import (
     request_feed,
     tifu_vector,
 )
+from gateway.errors import OrdersError
 from gateway.hq import evaluate as ev
 from gateway.hq import training as T
-from gateway.hq.orders import Order, OrdersError, read_orders_text
+from gateway.hq.orders import Order, read_orders_text
 from gateway.hq.synthetic import DEMO_CODES, SyntheticSpec, ean13, synthetic_orders
 
 HEADER = (

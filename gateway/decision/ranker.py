@@ -37,9 +37,9 @@ import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.decision.features import FeedRequest, ShopperFeatures, batch_feed
-from gateway.errors import GatewayError
+from gateway.errors import BundleError, RankerError
 from gateway.hq import bundles
-from gateway.hq.bundles import MODEL_FILE, SIGNATURE_FILE, BundleError
+from gateway.hq.bundles import MODEL_FILE, SIGNATURE_FILE
 from gateway.log import get_logger
 
 # The graph contract: input and output names with their onnxruntime type strings.
@@ -104,24 +104,6 @@ ORT_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     TypeError,
 )
-
-
-class RankerError(GatewayError):
-    """A bundle cannot be loaded or a request cannot be ranked.
-
-    ``reason`` is a stable snake_case code counted in health. Loading:
-    ``missing``, ``bad_manifest``, ``bad_signature``, ``bad_key``, ``bad_sha``,
-    ``too_large``, ``runtime_too_old``, ``bad_onnx``, ``wrong_inputs`` (inputs
-    or outputs off the contract), ``warmup_failed``, ``not_newer``,
-    ``load_failed`` (anything else). Serving: ``bad_request``,
-    ``inference_failed``. ``where`` names the bundle concerned.
-    """
-
-    def __init__(self, reason: str, detail: str, where: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        self.where = where
-        super().__init__(f"{reason}: {detail}" + (f" ({where})" if where else ""))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gateway.errors import BundleError
+
 FORMAT = "store-gateway-ranker/1"
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -58,10 +60,6 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "min_runtime": dict,
     "popular": dict,
 }
-
-
-class BundleError(ValueError):
-    """A bundle is missing, malformed, tampered with or untrusted; the message says which."""
 
 
 def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:

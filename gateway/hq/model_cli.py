@@ -18,16 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from gateway.errors import CliError
+
 # Requests are small objects; a line longer than this is not a request.
 MAX_REQUEST_LINE_CHARS = 64 * 1024
 MAX_BASKET_ITEMS = 1000
 # Bad request lines described individually before only counting.
 MAX_PROBLEMS_SHOWN = 20
 BATCH = 256
-
-
-class CliError(Exception):
-    """A user-facing failure: the message is printed as is, the exit status is 1."""
 
 
 def add_model_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -124,7 +122,8 @@ def _next_version(out: Path) -> int:
 
 
 def _read_orders(path: str) -> Any:
-    from gateway.hq.orders import OrdersError, read_orders
+    from gateway.errors import OrdersError
+    from gateway.hq.orders import read_orders
 
     try:
         orders = read_orders(path)
@@ -149,8 +148,9 @@ def _train(args: argparse.Namespace) -> int:
         raise CliError(
             "model train needs the training extra: pip install 'store-gateway[train]'"
         ) from None
+    from gateway.errors import BundleError
     from gateway.hq import training
-    from gateway.hq.bundles import BundleError, write_bundle
+    from gateway.hq.bundles import write_bundle
 
     orders = _read_orders(args.orders)
 
@@ -279,7 +279,8 @@ def _recommend(args: argparse.Namespace) -> int:
         features_from_attributes,
         features_to_attributes,
     )
-    from gateway.hq.bundles import BundleError, model_bytes, read_manifest
+    from gateway.errors import BundleError
+    from gateway.hq.bundles import model_bytes, read_manifest
     from gateway.hq.training import histories_of
 
     try:

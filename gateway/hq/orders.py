@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.errors import OrdersError
+
 REQUIRED_COLUMNS = (
     "order_id",
     "user_id",
@@ -33,10 +35,6 @@ MAX_LINE_CHARS = 4096
 MAX_ID_CHARS = 64
 # How many garbage rows are described individually before only counting.
 MAX_PROBLEMS_KEPT = 10
-
-
-class OrdersError(ValueError):
-    """The orders file cannot be used at all (missing, unreadable, wrong columns, empty)."""
 
 
 @dataclass(frozen=True)

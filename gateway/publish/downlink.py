@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.clock import Clock
 from gateway.config import DownlinkSection, ProfilesSection
+from gateway.errors import DownlinkRejected
 from gateway.events import UpEvent
 from gateway.identity.shoppers import SCOPES, Consent, EidTag, IBeaconTag, Profile
 from gateway.log import get_logger
@@ -174,14 +175,6 @@ _FIELD_NAMES = frozenset(
 )
 
 
-class Rejected(Exception):
-    """A downlink message that will not be applied; ``reason`` is safe to store and log."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 def _safe_loc(loc: tuple[Any, ...]) -> str:
     # Dict keys in a location are payload data (a day, an attribute name): mask them.
     parts = [str(p) if isinstance(p, int) or p in _FIELD_NAMES else "*" for p in loc]
@@ -189,34 +182,34 @@ def _safe_loc(loc: tuple[Any, ...]) -> str:
 
 
 def decode(kind: str, payload: bytes, max_bytes: int) -> _Strict:
-    """The validated message, or Rejected with a reason that quotes no payload data."""
+    """The validated message, or DownlinkRejected with a reason that quotes no payload data."""
     if kind not in SCHEMAS:
-        raise Rejected(
+        raise DownlinkRejected(
             f"kind {kind!r} is not handled by this gateway version"
             if kind.isidentifier() and len(kind) <= 32
             else "unknown kind"
         )
     if len(payload) > max_bytes:
-        raise Rejected(f"payload of {len(payload)} bytes exceeds the {max_bytes}-byte cap")
+        raise DownlinkRejected(f"payload of {len(payload)} bytes exceeds the {max_bytes}-byte cap")
     try:
         doc = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise Rejected(f"not JSON ({type(exc).__name__})") from None
+        raise DownlinkRejected(f"not JSON ({type(exc).__name__})") from None
     except RecursionError:
-        raise Rejected("not JSON (nested too deeply)") from None
+        raise DownlinkRejected("not JSON (nested too deeply)") from None
     if not isinstance(doc, dict):
-        raise Rejected("not a JSON object")
+        raise DownlinkRejected("not a JSON object")
     if doc.get("v") != 1:
-        raise Rejected("unsupported or missing version (want v: 1)")
+        raise DownlinkRejected("unsupported or missing version (want v: 1)")
     try:
         return SCHEMAS[kind].model_validate(doc)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False, include_context=False)
         first = "; ".join(f"{_safe_loc(e['loc'])}: {e['type']}" for e in errors[:3])
         more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
-        raise Rejected(f"schema: {first}{more}") from None
+        raise DownlinkRejected(f"schema: {first}{more}") from None
     except RecursionError:
-        raise Rejected("schema: nested too deeply") from None
+        raise DownlinkRejected("schema: nested too deeply") from None
 
 
 def to_profile(u: ProfileUpsert) -> Profile:
@@ -355,7 +348,7 @@ class Downlink:
         for kind, payload, received_at in batch:
             try:
                 valid.append((kind, decode(kind, payload, self.cfg.max_payload_bytes), received_at))
-            except Rejected as exc:
+            except DownlinkRejected as exc:
                 dead.append((kind[:32], exc.reason, received_at, len(payload)))
         now = self.clock.wall()
         started = time.perf_counter()

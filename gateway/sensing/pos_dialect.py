@@ -49,7 +49,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.errors import ConfigError
+from gateway.errors import DialectError
 from gateway.sensing.escpos import Barcode, Cut, EscPosTokenizer, Line, Reset, Token
 
 # --- limits (each bounds memory or time for any input) -----------------------------
@@ -86,20 +86,6 @@ CHANGES = (
     "total",
     "tender",
 )
-
-# --- errors -------------------------------------------------------------------------
-
-
-class DialectError(ConfigError):
-    """A dialect file is invalid; ``problems`` holds ``(dotted.path, message)`` pairs."""
-
-    def __init__(self, problems: list[tuple[str, str]], source: str = "<dialect>") -> None:
-        self.source = source
-        super().__init__(problems)
-
-    def __str__(self) -> str:
-        return f"{self.source}: " + "; ".join(f"{path}: {msg}" for path, msg in self.problems)
-
 
 # --- the dialect file's schema --------------------------------------------------------
 
