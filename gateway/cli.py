@@ -1,4 +1,4 @@
-"""The ``store-gateway`` command line (CONTRACTS.md section 1).
+"""The ``store-gateway`` command line (docs/contracts.md section 1).
 
 The only place where cancellation and errors become exit codes.
 """
@@ -203,7 +203,11 @@ def _add_pos(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     rp.add_argument("--dialect", required=True, help="dialect file (firmware_configs/pos/*.toml)")
     rp.add_argument("capture", help="captured bytes of the lane's feed")
-    rp.add_argument("--json", action="store_true", help="one CONTRACTS transaction object per line")
+    rp.add_argument(
+        "--json",
+        action="store_true",
+        help="one transaction object per line (docs/contracts.md section 1)",
+    )
     rp.set_defaults(func=_cmd_pos_replay)
 
 
@@ -272,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_cmd_demo)
 
-    token = sub.add_parser("token", help="print a shopper's BLE token (CONTRACTS section 2)")
+    token = sub.add_parser(
+        "token", help="print a shopper's BLE token (docs/contracts.md section 2)"
+    )
     token.add_argument("--key", required=True, help="the shopper's 32-byte root key in hex")
     token.add_argument("--at", type=float, help="unix time (default now)")
     token.set_defaults(func=_cmd_token)

@@ -122,7 +122,8 @@ class SimulationSection(Section):
 class DownlinkSection(Section):
     """HQ -> store messages (profiles, consent, and later kinds)."""
 
-    # CONTRACTS: HQ payloads are at most 128 KiB; anything larger is refused unparsed.
+    # HQ payloads are at most 128 KiB (docs/contracts.md section 3); anything larger
+    # is refused unparsed.
     max_payload_bytes: Annotated[int, Field(ge=1024, le=128 * 1024)] = 128 * 1024
     # Rejected messages kept for store IT to inspect (reason and size, never the payload).
     dead_letters_kept: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
@@ -151,7 +152,7 @@ class BleSection(Section):
     # active: BlueZ asks for scan responses (names); passive: quieter, needs BlueZ
     # >= 5.56 with --experimental, and or_patterns (built from company_id).
     mode: Literal["active", "passive"] = "active"
-    # The shopper token's BLE company id (CONTRACTS section 2); 0xFFFF is for development.
+    # The shopper token's BLE company id (docs/contracts.md section 2); 0xFFFF is for development.
     company_id: Annotated[int, Field(ge=0, le=0xFFFF)] = 0xFFFF
     # The zone the Pi itself stands in (its radio is scanner "pi").
     zone: ZoneId = "entrance"
@@ -280,7 +281,7 @@ class DecisionSection(Section):
     """The next best action: the ranker, its rules and the triggers that ask it."""
 
     enabled: bool = True
-    # The model bundle (CONTRACTS section 5); a missing or broken one means the
+    # The model bundle (docs/contracts.md section 5); a missing or broken one means the
     # popularity fallback, counted in health. The default is the shipped bundle.
     bundle_dir: ConfigPath | None = None
     # Ed25519 public keys (hex) whose signature a bundle must carry; empty: none needed.

@@ -28,7 +28,7 @@ from gateway.publish import topics
 from gateway.testing import shoppers as sim
 from gateway.testing.walks import DEMO_STORE, Walk
 
-COMPANY_ID = 0xFFFF  # the development company id (CONTRACTS section 2)
+COMPANY_ID = 0xFFFF  # the development company id (docs/contracts.md section 2)
 # Walks of the seeded simulator that take under 2.5 minutes (gateway/testing/walks.py),
 # so that the demo ends in about three.
 OPTED_IN_SEEDS = (52, 3, 15, 29)

@@ -16,7 +16,7 @@ Here, on the loop:
    ``CheckoutCompleted`` (gateway/events.py) through ``subscribe``: the
    decision engine reads them; nothing here publishes a basket on a screen.
 3. **Every ended transaction goes to HQ through the outbox** as
-   ``up/transaction`` (a class never shed): the CONTRACTS transaction object
+   ``up/transaction`` (a class never shed): the transaction object of docs/contracts.md section 1
    with the loyalty number replaced by its hash, plus the lane and the visit.
    Complete, cancelled and incomplete alike: a receipt cut off by an unplugged
    cable is a sale HQ must hear of, marked as such.

@@ -150,3 +150,30 @@ def test_the_asyncapi_check_refuses_undocumented_fields_and_wrong_types() -> Non
     ):
         with pytest.raises(AssertionError):
             check_up_events([(topic_, {**env, "data": bad_data})])
+
+
+def test_every_contract_the_code_cites_is_in_the_projects_own_docs() -> None:
+    """Each 'docs/contracts.md section N' in the tree names a section that exists there,
+    and nothing cites a contracts file outside the project."""
+    import re
+
+    root = DOCS.parent
+    sections = set(re.findall(r"^## (\d+)\. ", (DOCS / "contracts.md").read_text(), re.M))
+    assert sections >= {"1", "2", "3", "4", "5"}
+    cited: set[str] = set()
+    outside: list[str] = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if not path.is_file() or rel.parts[0] in {".git", ".venv"} or "egg-info" in str(rel):
+            continue
+        if path.suffix not in {".py", ".md", ".toml", ".json", ".sh", ".service"}:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for m in re.finditer(r"docs/contracts\.md sections? (\d+)(?: and (\d+))?", text):
+            cited.update(n for n in m.groups() if n)
+        own = rel == Path("docs/contracts.md") or path == Path(__file__)
+        if not own and re.search(r"\bCONTRACTS[ .]", text):
+            outside.append(str(rel))
+    assert outside == []
+    assert len(cited) >= 4
+    assert cited <= sections

@@ -52,9 +52,9 @@ from gateway.sensing.frames import (
     shopper_token_payload,
 )
 
-DEV_COMPANY_ID = 0xFFFF  # CONTRACTS section 2: the development company id
+DEV_COMPANY_ID = 0xFFFF  # docs/contracts.md section 2: the development company id
 RADIUS_COMPANY_ID = 0x0118  # any non-Apple, non-token company id will do
-# CONTRACTS section 2 test vector: root key 00..1f at unix 1795000000.
+# docs/contracts.md section 2 test vector: root key 00..1f at unix 1795000000.
 CONTRACT_TOKEN = bytes.fromhex("5e4041bd37d2e8ef")
 OTHER_UUID = "0000fe9a-0000-1000-8000-00805f9b34fb"  # Estimote's service, not Eddystone
 
@@ -259,7 +259,7 @@ PARSERS: dict[str, tuple[Callable[[bytes], object], tuple[type, ...]]] = {
 
 
 def test_shopper_token_parses_contract_layout() -> None:
-    """01 || token || power parses to the token and the power (CONTRACTS section 2)."""
+    """01 || token || power parses to the token and the power (docs/contracts.md section 2)."""
     payload = hexbytes("01 5e 40 41 bd 37 d2 e8 ef c5")
     assert parse_shopper_token(payload) == ShopperToken(CONTRACT_TOKEN, -59)
 

@@ -435,7 +435,8 @@ def test_snapshot_is_a_deep_copy() -> None:
 
 
 def test_to_contract_has_exactly_the_contract_fields() -> None:
-    """to_contract is CONTRACTS section 1: unit only when known, voids and discounts trimmed."""
+    """to_contract is docs/contracts.md section 1: unit only when known, voids and
+    discounts trimmed."""
     texts = lines(
         "START #0042",
         "GOUDA 2,49",

@@ -20,7 +20,8 @@ from gateway.shopper_flow import ShopperFlow
 from tests.test_shopper_flow import FakeOutbox, day_keys
 
 DATA = Path(__file__).resolve().parent / "data" / "satellites"
-T0 = 1_795_000_000.0  # the fixtures' token frame carries the CONTRACTS vector of this moment
+# The fixtures' token frame carries the test vector (docs/contracts.md section 2) of this moment.
+T0 = 1_795_000_000.0
 ROOT = bytes(range(32))
 TAG_UUID = bytes.fromhex("b9407f30f5f8466eaff925556b57fe6d")
 

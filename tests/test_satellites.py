@@ -180,7 +180,7 @@ def test_recorded_payloads_cover_both_firmwares_and_both_espresense_versions() -
 def test_satellite_reports_resolve_like_the_pis_own_radio() -> None:
     """The decoded bytes resolve: a reference beacon via ESPresense, a token and an EID via OMG."""
     tok = token_at(bytes(range(32)), 1_795_000_000)
-    assert tok.hex() == "5e4041bd37d2e8ef"  # CONTRACTS section 2 test vector
+    assert tok.hex() == "5e4041bd37d2e8ef"  # docs/contracts.md section 2 test vector
     resolver = AdvertResolver(0xFFFF, {(bytes.fromhex(REF_UUID.replace("-", "")), 1, 2): "ref-1"})
     resolver.install({tok: "shopper-17"}, {bytes.fromhex("8b0ca750e7a74e15"): "shopper-18"})
     sightings: list[Sighting] = []

@@ -1,4 +1,5 @@
-"""Shopper tokens: the CONTRACTS section 2 vector, windows, day boundaries, the lookup table."""
+"""Shopper tokens: the vector of docs/contracts.md section 2, windows, day boundaries,
+the lookup table."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def keys_for(root: bytes, *days: str) -> dict[str, bytes]:
 
 
 def test_contract_test_vector() -> None:
-    """Root key 00..1f at unix 1795000000 gives the token CONTRACTS section 2 publishes."""
+    """Root key 00..1f at unix 1795000000 gives the token docs/contracts.md section 2 publishes."""
     assert token_at(ROOT, VECTOR_AT).hex() == "5e4041bd37d2e8ef"
 
 

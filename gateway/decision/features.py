@@ -11,7 +11,7 @@ travel to stores inside a profile's ``attributes["features"]``
 (``features_to_attributes`` / ``features_from_attributes``, the latter never
 raising on hostile input). On the Pi, ``request_feed`` / ``batch_feed`` turn
 features plus the live basket and context into the ONNX graph's input tensors
-(CONTRACTS section 5). ``model recommend`` and training go through exactly
+(docs/contracts.md section 5). ``model recommend`` and training go through exactly
 these functions, so a backtest measures what a store runs.
 
 numpy and the standard library only: the Pi must never need more.

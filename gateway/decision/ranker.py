@@ -2,7 +2,7 @@
 
 Three parts, each usable alone:
 
-- ``Ranker``: one loaded bundle (CONTRACTS section 5). The manifest is read and
+- ``Ranker``: one loaded bundle (docs/contracts.md section 5). The manifest is read and
   verified (Ed25519 when keys are configured, the model's sha256 checked on the
   very bytes handed to onnxruntime, the runtime version), the session is tuned
   for a small CPU shared with BLE, MQTT and SQLite, and warmed up. Synchronous;

@@ -1,4 +1,4 @@
-"""Model bundles (CONTRACTS.md section 5): write, read, verify, pack and unpack them safely.
+"""Model bundles (docs/contracts.md section 5): write, read, verify, pack and unpack them safely.
 
 A bundle is a directory holding ``model.onnx``, ``manifest.json`` and, when
 signed, ``manifest.sig`` (Ed25519 over the manifest's exact bytes). The

@@ -1,4 +1,4 @@
-"""``store-gateway model train`` and ``model recommend`` (CONTRACTS.md sections 1 and 5).
+"""``store-gateway model train`` and ``model recommend`` (docs/contracts.md sections 1 and 5).
 
 ``train`` reads an Orders CSV, trains the ranker (gateway.hq.training, whose
 numpy/onnx needs are imported only here, lazily) and writes a bundle.
@@ -34,7 +34,7 @@ def add_model_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
 
     tr = model_sub.add_parser("train", help="train a ranker on an Orders CSV and write a bundle")
-    tr.add_argument("--orders", required=True, help="Orders CSV (CONTRACTS section 1)")
+    tr.add_argument("--orders", required=True, help="Orders CSV (docs/contracts.md section 1)")
     tr.add_argument("--out", required=True, help="bundle directory to write")
     tr.add_argument(
         "--variant",
@@ -68,7 +68,9 @@ def add_model_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     )
     rc.add_argument("--bundle", required=True, help="bundle directory")
     rc.add_argument("--orders", required=True, help="Orders CSV the shoppers' features come from")
-    rc.add_argument("--requests", required=True, help="Requests JSONL (CONTRACTS section 1)")
+    rc.add_argument(
+        "--requests", required=True, help="Requests JSONL (docs/contracts.md section 1)"
+    )
     rc.add_argument("--top", type=int, help="items per request (default: the bundle's k)")
     rc.set_defaults(func=_cmd_recommend)
 

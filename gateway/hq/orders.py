@@ -1,4 +1,4 @@
-"""Read an Orders CSV (CONTRACTS.md section 1, the public Instacart schema) into shoppers' orders.
+"""Read an Orders CSV into shoppers' orders (docs/contracts.md section 1: the Instacart schema).
 
 Only the csv module: the columns are looked up by name, extra columns are
 ignored, ids stay opaque strings, ``days_since_prior_order`` may be empty.

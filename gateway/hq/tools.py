@@ -28,9 +28,10 @@ from gateway.identity.loyalty import loyalty_hash
 from gateway.identity.tokens import day_key
 from gateway.publish import topics
 
-# Stay clearly under the 128 KiB CONTRACTS cap once topic and headers are added.
+# Stay clearly under the 128 KiB cap (docs/contracts.md section 3) once topic and
+# headers are added.
 PAGE_BYTES = 120 * 1024
-# Day keys sent per shopper: today and tomorrow (CONTRACTS section 2).
+# Day keys sent per shopper: today and tomorrow (docs/contracts.md section 2).
 DAYS_AHEAD = 2
 DEFAULT_PROFILE_DAYS = 7
 

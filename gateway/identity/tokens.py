@@ -1,4 +1,4 @@
-"""Shopper tokens (CONTRACTS section 2): day keys, the token of a window, the lookup table.
+"""Shopper tokens (docs/contracts.md section 2): day keys, the token of a window, the lookup table.
 
 A shopper's app derives ``day_key = HKDF-SHA256(root_key, info="store-gateway/day/"
 + "YYYY-MM-DD")`` and broadcasts ``HMAC-SHA256(day_key, b"tok1" || window)[:8]``

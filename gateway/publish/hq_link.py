@@ -30,7 +30,7 @@ FAILED_RETRY_S = 30.0
 
 
 def status_payload(store: str, state: str, ts: float, **extra: Any) -> bytes:
-    """The retained status document of CONTRACTS section 3."""
+    """The retained status document of docs/contracts.md section 3."""
     return json.dumps(
         {"v": 1, "state": state, "store": store, "ts": ts, **extra}, separators=(",", ":")
     ).encode()

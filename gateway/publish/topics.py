@@ -1,4 +1,4 @@
-"""MQTT topic names of CONTRACTS.md section 3 (pure, no I/O)."""
+"""MQTT topic names of docs/contracts.md section 3 (pure, no I/O)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ radio in range, and one odd device must not take the scanner down. The
 builders at the end (``ibeacon_payload`` and friends) do raise ``ValueError``:
 they serve tests, simulators and benches, where a bad argument is a bug.
 
-Layouts: CONTRACTS.md section 2 (shopper token); Apple's iBeacon layout
+Layouts: docs/contracts.md section 2 (shopper token); Apple's iBeacon layout
 (``02 15 uuid major minor power``); the AltBeacon spec (github.com/AltBeacon/spec);
 the Eddystone specs (github.com/google/eddystone: eddystone-uid, eddystone-url,
 eddystone-tlm/tlm-plain.md, tlm-encrypted.md, eddystone-eid). Byte strings are
@@ -46,10 +46,10 @@ BAD_LENGTH = "bad length"  # longer than the layout, or a length the layout neve
 BAD_VERSION = "bad version"  # a version/type byte this gateway does not know
 BAD_VALUE = "bad value"  # a field holds a value the spec forbids
 
-# --- shopper token (CONTRACTS section 2) -------------------------------------------
+# --- shopper token (docs/contracts.md section 2) -------------------------------------------
 
 TOKEN_FRAME_VERSION = 1  # the first payload byte; a new layout gets a new number
-TOKEN_BYTES = 8  # HMAC-SHA256 truncated to 64 bits (CONTRACTS section 2)
+TOKEN_BYTES = 8  # HMAC-SHA256 truncated to 64 bits (docs/contracts.md section 2)
 # version (1) + token (8) + measured power at 1 m (1).
 TOKEN_PAYLOAD_LEN = 1 + TOKEN_BYTES + 1
 
@@ -137,7 +137,7 @@ class Malformed:
 
 @dataclass(frozen=True, slots=True)
 class ShopperToken:
-    """A shopper's rotating token (CONTRACTS section 2)."""
+    """A shopper's rotating token (docs/contracts.md section 2)."""
 
     token: bytes  # 8 bytes
     tx_power: int  # measured power at 1 m, dBm

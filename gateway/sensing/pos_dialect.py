@@ -467,7 +467,7 @@ class Transaction:
     dropped: int = 0
 
     def to_contract(self) -> dict[str, Any]:
-        """The CONTRACTS.md section 1 transaction object (raw loyalty number included)."""
+        """The docs/contracts.md section 1 transaction object (raw loyalty number included)."""
         items = []
         for i in self.items:
             entry: dict[str, Any] = {

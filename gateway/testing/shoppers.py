@@ -1,7 +1,7 @@
 """Simulated shoppers' phones and other people's devices, as the scanners hear them.
 
 Turns the seeded walks of ``gateway.testing.walks`` into timed adverts: an
-opted-in shopper's phone sends the CONTRACTS section 2 token frame (the token of
+opted-in shopper's phone sends the docs/contracts.md section 2 token frame (the token of
 the moment, from its root key); a foreign device sends what phones, watches
 and beacons nobody registered send (tokens of another app install, iBeacons,
 Apple continuity frames, Eddystone, other companies' data); reference beacons

@@ -3,7 +3,7 @@
     python firmware_configs/pos/captures/make_captures.py
 
 For each shipped dialect this writes ``<name>.bin`` (the bytes a passive tap on
-the lane would record) and ``<name>.expected.json`` (the CONTRACTS.md section 1
+the lane would record) and ``<name>.expected.json`` (the docs/contracts.md section 1
 transaction objects planted in it, in order). The expected objects are derived
 from the receipts below, never from running the gateway, so the tests compare
 the dialect engine against an independent truth.
@@ -92,7 +92,7 @@ class Receipt:
 
 
 def planted(r: Receipt) -> dict[str, object]:
-    """The transaction object (CONTRACTS.md section 1) a correct dialect must extract."""
+    """The transaction object (docs/contracts.md section 1) a correct dialect must extract."""
     items = []
     for s in r.sales():
         entry: dict[str, object] = {
