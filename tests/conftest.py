@@ -1,4 +1,10 @@
-"""Shared fixtures: real Mosquitto brokers on free loopback ports, real SQLite files."""
+"""Shared fixtures: real Mosquitto brokers on free loopback ports, real SQLite files.
+
+The tests mirror the package: ``tests/<stage>/`` holds each stage's unit tests,
+``tests/daemon/`` the daemon-level scenarios (the whole gateway as a process or
+a composed ``Gateway``, real brokers, real ptys), marked ``daemon`` here so that
+``pytest -m "not daemon"`` is the fast set a developer runs while working.
+"""
 
 from __future__ import annotations
 
@@ -39,3 +45,13 @@ def hq_receiver(hq_broker: MosquittoBroker) -> Iterator[HqReceiver]:
     rx = HqReceiver(hq_broker.port).start()
     yield rx
     rx.stop()
+
+
+DAEMON_DIR = Path(__file__).resolve().parent / "daemon"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/daemon/ as ``daemon``."""
+    for item in items:
+        if DAEMON_DIR in Path(item.path).parents:
+            item.add_marker(pytest.mark.daemon)

@@ -40,9 +40,9 @@ from gateway.sensing.pos_dialect import (
     replay,
 )
 
-POS_DIR = Path(__file__).resolve().parent.parent / "firmware_configs" / "pos"
+POS_DIR = Path(__file__).resolve().parents[2] / "firmware_configs" / "pos"
 CAPTURES = POS_DIR / "captures"
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "pos-dialects.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "pos-dialects.md"
 SHIPPED = ("epson-grocery", "journal-dvr", "eu-escpos")
 # The public test PANs the capture generator plants (Luhn-valid, never issued).
 TEST_PANS = ("4111111111111111", "5555555555554444", "4000056655665556")

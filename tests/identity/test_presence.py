@@ -32,7 +32,7 @@ from gateway.testing.walks import (
 T0 = 1_795_000_000.0
 ZONES = {"pi": "entrance", "sat-a": "produce", "sat-b": "checkout"}
 BEACONS_FILE = (
-    Path(__file__).resolve().parent.parent / "firmware_configs/beacons/reference-beacons.toml"
+    Path(__file__).resolve().parents[2] / "firmware_configs/beacons/reference-beacons.toml"
 )
 
 

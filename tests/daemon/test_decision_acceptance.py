@@ -41,7 +41,7 @@ EXPERIMENT = {
         {"name": "popular", "weight": 1, "strategy": "popular"},
     ],
 }
-POS_DIR = Path(__file__).resolve().parent.parent / "firmware_configs" / "pos"
+POS_DIR = Path(__file__).resolve().parents[2] / "firmware_configs" / "pos"
 
 
 def wait_for(pred: Any, timeout_s: float, what: str) -> Any:

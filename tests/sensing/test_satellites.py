@@ -32,8 +32,8 @@ from gateway.sensing.frames import IBeacon, parse_ibeacon
 from gateway.sensing.satellites import DROP_REASONS, SatelliteDecoder, service_uuid
 from gateway.testing.mosquitto import MosquittoBroker
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(__file__).resolve().parent / "data" / "satellites"
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parents[1] / "data" / "satellites"
 FIRMWARE_CONFIGS = ROOT / "firmware_configs" / "satellites"
 FIXTURES = sorted(DATA.glob("*.json"))
 

@@ -29,7 +29,7 @@ from gateway.decision.experiments import (
 
 T0 = 1_795_000_000.0  # 2026-11-18 11:06:40 UTC
 HOUR_START = 1_794_999_600.0  # 11:00:00 that day
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def experiment(

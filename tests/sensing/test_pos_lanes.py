@@ -23,7 +23,7 @@ from gateway.sensing.pos_serial import LaneSettings, SerialPosLane
 from gateway.testing.pty_lane import PtyLane
 from gateway.testing.receipts import GROCERIES, journal_receipt
 
-POS_DIR = Path(__file__).resolve().parent.parent / "firmware_configs" / "pos"
+POS_DIR = Path(__file__).resolve().parents[2] / "firmware_configs" / "pos"
 DIALECTS = ("epson-grocery", "journal-dvr", "eu-escpos")
 
 

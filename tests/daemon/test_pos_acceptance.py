@@ -35,7 +35,7 @@ SALT = b"fleet-salt-for-tests"
 LOYALTY = "9900011122233"  # shopper-7's card
 STRANGER_LOYALTY = "9900044455566"  # a loyalty member who never opted in here
 CARD = "4111111111111111"
-POS_DIR = Path(__file__).resolve().parent.parent / "firmware_configs" / "pos"
+POS_DIR = Path(__file__).resolve().parents[2] / "firmware_configs" / "pos"
 CAPTURE = POS_DIR / "captures" / "epson-grocery.bin"
 EXPECTED = json.loads((POS_DIR / "captures" / "epson-grocery.expected.json").read_text())
 

@@ -21,7 +21,7 @@ from gateway.identity.presence import PresenceEvent
 from gateway.identity.shoppers import Consent, Profile
 from gateway.shopper_flow import ShopperFlow
 
-POS_DIR = Path(__file__).resolve().parent.parent / "firmware_configs" / "pos"
+POS_DIR = Path(__file__).resolve().parents[2] / "firmware_configs" / "pos"
 ALL_SCOPES = frozenset({"presence", "associate_assist", "screens", "analytics"})
 
 

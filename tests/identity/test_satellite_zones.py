@@ -17,9 +17,9 @@ from gateway.identity.shoppers import Consent, IBeaconTag, Profile
 from gateway.identity.tokens import window_of
 from gateway.sensing.satellites import SatelliteDecoder
 from gateway.shopper_flow import ShopperFlow
-from tests.test_shopper_flow import FakeOutbox, day_keys
+from tests.identity.test_shopper_flow import FakeOutbox, day_keys
 
-DATA = Path(__file__).resolve().parent / "data" / "satellites"
+DATA = Path(__file__).resolve().parents[1] / "data" / "satellites"
 # The fixtures' token frame carries the test vector (docs/contracts.md section 2) of this moment.
 T0 = 1_795_000_000.0
 ROOT = bytes(range(32))
