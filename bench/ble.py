@@ -42,12 +42,14 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gateway.app import build_shoppers
 from gateway.config import GatewayConfig
+from gateway.identity.flow import ShopperFlow
 from gateway.identity.resolver import build_eid_table
-from gateway.identity.shoppers import Consent, EidTag, Profile
 from gateway.identity.tokens import build_table, day_of_window, token, window_of, window_tokens
+from gateway.publish.upstream import OutboxSink
 from gateway.sensing.frames import EDDYSTONE_SERVICE_UUID
-from gateway.shopper_flow import ShopperFlow
+from gateway.shoppers import Consent, EidTag, Profile
 
 NOW = 1_795_000_000.0
 COMPANY_ID = 0xFFFF
@@ -88,7 +90,7 @@ def make_flow(profiles: list[Profile], consents: list[Consent]) -> ShopperFlow:
             ],
         }
     )
-    flow = ShopperFlow(cfg, _Clock(), CountingOutbox())
+    flow = build_shoppers(cfg, _Clock(), OutboxSink(CountingOutbox(), "presence_event"))
     flow.load(profiles, consents)
     return flow
 
@@ -162,7 +164,7 @@ def run_full(flow: ShopperFlow, ads: list, batch: int = 512) -> float:
     handle = flow.handle
     t0 = time.perf_counter()
     # As the daemon runs: the radio hands over a burst of adverts, then the presence
-    # task drains the queue (BATCH in gateway/shopper_flow.py is 512 too).
+    # task drains the queue (BATCH in gateway/identity/flow.py is 512 too).
     for start in range(0, len(ads), batch):
         ts = NOW + start * 0.002  # adverts arrive at 500/s of simulated time
         for scanner, md, sd, rssi in ads[start : start + batch]:

@@ -11,7 +11,7 @@ Prints, in one run:
    at (115,200 baud 8N1 = 11,520 B/s).
 2. Latency from an item line written to a real pty to its ``basket_changed``
    notice on the event loop, through the daemon's own path (``SerialPosLane``
-   read thread -> tokenizer -> dialect -> ``call_soon_threadsafe`` -> ``PosFlow``),
+   read thread -> tokenizer -> dialect -> ``call_soon_threadsafe`` -> ``CheckoutFlow``),
    p50/p99/max over ``--lines`` scans, next to the floor: the same pty round
    trip read by a bare thread with ``os.read`` and handed to the loop the same
    way. Goal: p99 at most 5 ms.
@@ -35,10 +35,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gateway.app import build_checkout  # noqa: E402
 from gateway.clock import SystemClock  # noqa: E402
 from gateway.config import parse_config  # noqa: E402
 from gateway.events import BasketChanged  # noqa: E402
-from gateway.pos_flow import PosFlow  # noqa: E402
+from gateway.publish.upstream import OutboxSink  # noqa: E402
 from gateway.sensing import pos_dialect as pd  # noqa: E402
 from gateway.testing.pty_lane import PtyLane  # noqa: E402
 from gateway.testing.receipts import GROCERIES, journal_receipt  # noqa: E402
@@ -166,8 +167,8 @@ def latency(n_lines: int) -> tuple[list[float], list[float]]:
             return fut
 
     async def daemon_path() -> None:
-        flow = PosFlow(cfg, SystemClock(), _Outbox())
-        flow.subscribe(
+        flow = build_checkout(cfg, SystemClock(), OutboxSink(_Outbox(), "pos"), None)
+        flow.notices.subscribe(
             lambda n: (
                 probe.notice(n) if isinstance(n, BasketChanged) and n.change == "item" else None
             )
@@ -226,7 +227,7 @@ def main() -> int:
     print(f"2. line written to the pty -> basket_changed on the loop, {len(timed)} item scans")
     print(f"   {'path':<44} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for label, values in (
-        ("gateway (SerialPosLane + dialect + PosFlow)", timed),
+        ("gateway (SerialPosLane + dialect + CheckoutFlow)", timed),
         ("floor (bare os.read thread -> loop)", floor),
     ):
         print(

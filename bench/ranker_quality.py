@@ -48,7 +48,7 @@ def cli_prefix() -> list[str]:
         )
         if probe.returncode == 0:
             return [str(exe), "model"]
-    return [sys.executable, "-m", "gateway.hq.model_cli", "model"]
+    return [sys.executable, "-m", "gateway", "model"]
 
 
 def run(args: list[str]) -> str:

@@ -15,26 +15,29 @@ import os
 import shutil
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway import __version__
+from gateway.checkout.flow import CheckoutFlow, dialect_path, read_loyalty_salt
 from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
+from gateway.decision.flow import DecisionFlow, default_bundle_dir
+from gateway.decision.ranker import DecisionRanker
 from gateway.errors import StorageError
+from gateway.identity.flow import ShopperFlow, scanner_zones
 from gateway.log import get_logger
-from gateway.pos_flow import PosFlow, read_loyalty_salt
-
-if TYPE_CHECKING:
-    from gateway.decision_flow import DecisionFlow
 from gateway.publish.downlink import Downlink
 from gateway.publish.hq_link import HqLink
-from gateway.publish.local_bus import LocalBus
+from gateway.publish.local_bus import LocalBus, store_connection
 from gateway.publish.outbox import Outbox
-from gateway.sd_notify import SystemdNotifier
+from gateway.publish.sd_notify import SystemdNotifier
+from gateway.publish.upstream import OutboxSink
+from gateway.sensing import pos_dialect
 from gateway.sensing.ble import BleScanner
+from gateway.sensing.pos_serial import LaneSettings, SerialPosLane
+from gateway.sensing.replay import replay_backend
 from gateway.sensing.satellites import SatelliteDecoder
 from gateway.sensing.simulated import ScriptedEventSource
-from gateway.shopper_flow import ShopperFlow, scanner_zones
 from gateway.storage import profiles as profile_rows
 from gateway.storage.store import SqliteWriter
 
@@ -49,8 +52,73 @@ class _StopRequested(Exception):
     """Raised inside the TaskGroup to end it on a stop request."""
 
 
+def build_shoppers(cfg: GatewayConfig, clock: Clock, upstream: OutboxSink) -> ShopperFlow:
+    """The identity stage, handed only its own sections."""
+    return ShopperFlow(
+        cfg.ble, cfg.satellites, cfg.reference_beacons, cfg.presence, clock, upstream
+    )
+
+
+def build_checkout(
+    cfg: GatewayConfig, clock: Clock, upstream: OutboxSink, shoppers: ShopperFlow | None
+) -> CheckoutFlow:
+    """The checkout stage with one ``SerialPosLane`` per ``[[lanes]]`` entry."""
+    checkout = CheckoutFlow(clock, upstream, shoppers=shoppers, salt=read_loyalty_salt(cfg.pos))
+    for lane in cfg.lanes:
+        parser = pos_dialect.DialectParser(
+            pos_dialect.load_dialect(dialect_path(cfg.pos, lane.dialect))
+        )
+        settings = LaneSettings(
+            lane=lane.id,
+            port=lane.port,
+            baudrate=lane.baudrate,
+            bytesize=lane.bytesize,
+            parity=lane.parity,
+            stopbits=lane.stopbits,
+            exclusive=lane.exclusive,
+            reconnect_min_s=lane.reconnect_min_s,
+            reconnect_max_s=lane.reconnect_max_s,
+            wrong_baud_window_s=cfg.pos.wrong_baud_window_s,
+        )
+        feed = SerialPosLane(settings, parser, checkout.lane_sink, clock)
+        checkout.add_lane(lane.id, lane.zone, feed, parser)
+    return checkout
+
+
+def build_decision(
+    cfg: GatewayConfig,
+    clock: Clock,
+    upstream: OutboxSink,
+    display: LocalBus,
+    shoppers: ShopperFlow | None,
+    checkout: CheckoutFlow | None = None,
+) -> DecisionFlow:
+    """The decision stage with its ranker (onnxruntime on a thread of its own),
+    hearing the shoppers' presence and visit events and the lanes' baskets."""
+    ranker = DecisionRanker(
+        cfg.decision.bundle_dir or default_bundle_dir(),
+        trusted_keys=list(cfg.decision.trusted_keys),
+        threads=cfg.decision.threads,
+    )
+    decision = DecisionFlow(
+        cfg.decision,
+        cfg.experiments,
+        clock,
+        ranker,
+        display=display,
+        upstream=upstream,
+        shoppers=shoppers,
+        lane_zones={lane.id: lane.zone for lane in cfg.lanes},
+    )
+    if shoppers is not None:
+        shoppers.events.subscribe(decision.on_shopper_event)
+    if checkout is not None:
+        checkout.notices.subscribe(decision.on_pos_notice)
+    return decision
+
+
 class Gateway:
-    """One store gateway process."""
+    """One store gateway process: every adapter, built from the config, and their tasks."""
 
     def __init__(
         self,
@@ -88,50 +156,54 @@ class Gateway:
             if self.hq is not None
             else None
         )
-        self.bus = LocalBus(cfg.store_broker, cfg.store.id, self.clock, self.health)
+        self.bus = LocalBus(
+            store_connection(cfg.store_broker, cfg.store.id),
+            cfg.store.id,
+            self.clock,
+            self.health,
+            health_interval_s=cfg.store_broker.health_interval_s,
+        )
         # Shoppers: when there is a scanner to hear them (the Pi's radio or a satellite)
         # or a lane where they can identify themselves with a loyalty scan.
-        self.flow: ShopperFlow | None = (
-            ShopperFlow(cfg, self.clock, self.outbox) if scanner_zones(cfg) or cfg.lanes else None
-        )
+        self.flow: ShopperFlow | None = None
+        if scanner_zones(cfg.ble, cfg.satellites) or cfg.lanes:
+            self.flow = build_shoppers(cfg, self.clock, OutboxSink(self.outbox, "presence_event"))
         self.scanner: BleScanner | None = None
         self.satellites: SatelliteDecoder | None = None
         if self.flow is not None:
-            flow = self.flow
             if cfg.ble.enabled:
-                self.scanner = BleScanner(
-                    cfg.ble, flow.pi_advert, self.clock, backend=_ble_backend(cfg)
+                backend = (
+                    replay_backend(cfg.ble.replay_file)
+                    if cfg.ble.backend == "replay" and cfg.ble.replay_file is not None
+                    else None  # BlueZ, bleak's own choice
                 )
+                self.scanner = BleScanner(cfg.ble, self.flow.pi_advert, self.clock, backend=backend)
             if cfg.satellites:
-                self.satellites = SatelliteDecoder(cfg.satellites, flow.on_advert, self.clock)
+                self.satellites = SatelliteDecoder(cfg.satellites, self.flow.on_advert, self.clock)
                 for topic in self.satellites.topic_filters():
                     self.bus.conn.subscribe(topic, self.satellites.on_message)
             if self.downlink is not None:
-                self.downlink.on_change(
-                    lambda ch: flow.on_changes(ch.profiles, ch.consents, ch.erased)
-                )
-        self.pos: PosFlow | None = (
-            PosFlow(cfg, self.clock, self.outbox, shoppers=self.flow, salt=read_loyalty_salt(cfg))
-            if cfg.lanes
-            else None
-        )
+                self.downlink.on_change(self.flow.on_downlink)
+        self.pos: CheckoutFlow | None = None
+        if cfg.lanes:
+            self.pos = build_checkout(
+                cfg, self.clock, OutboxSink(self.outbox, "pos_transaction"), self.flow
+            )
         self.decision: DecisionFlow | None = None
         if cfg.decision.enabled:
-            from gateway.decision_flow import DecisionFlow
-
-            conn = self.bus.conn
-            self.decision = DecisionFlow(
+            self.decision = build_decision(
                 cfg,
                 self.clock,
-                self.outbox,
-                lambda topic, payload, retain: conn.publish(topic, payload, qos=1, retain=retain),
-                shoppers=self.flow,
-                pos=self.pos,
+                OutboxSink(self.outbox, "decision_event"),
+                self.bus,
+                self.flow,
+                self.pos,
             )
             if self.downlink is not None:
-                decision = self.decision
-                self.downlink.on_change(lambda ch: _decision_changes(decision, ch))
-        self.simulation = ScriptedEventSource(cfg.simulation, self.clock, self.outbox.enqueue)
+                self.downlink.on_change(self.decision.on_downlink)
+        self.simulation = ScriptedEventSource(
+            cfg.simulation, self.clock, OutboxSink(self.outbox, "simulated_event")
+        )
 
     # -- health -------------------------------------------------------------------
 
@@ -172,11 +244,7 @@ class Gateway:
         if self.decision is not None:
             doc["decision"] = self.decision.stats()
         if self.cfg.simulation.events_per_s > 0:
-            doc["simulation"] = {
-                "produced": self.simulation.produced,
-                "taken": self.simulation.taken,
-                "rejected": self.simulation.rejected,
-            }
+            doc["simulation"] = self.simulation.stats()
         return doc
 
     # -- run ----------------------------------------------------------------------
@@ -303,23 +371,6 @@ class Gateway:
                     f"outbox {self.outbox.depth()} rows, "
                     f"hq {'up' if self.hq and self.hq.conn.connected else 'down'}"
                 )
-
-
-def _ble_backend(cfg: GatewayConfig) -> type | None:
-    """The bleak backend: BlueZ (None: bleak's own choice), or replayed adverts for the demo."""
-    if cfg.ble.backend == "replay":
-        from gateway.testing.replay_file import replay_backend
-
-        assert cfg.ble.replay_file is not None  # the config validator insists
-        return replay_backend(cfg.ble.replay_file)
-    return None
-
-
-def _decision_changes(decision: DecisionFlow, ch: Any) -> None:
-    if ch.erased:
-        decision.on_erased(set(ch.erased))
-    if ch.stock or ch.stock_replaced:
-        decision.on_stock(ch.stock, ch.stock_replaced)
 
 
 def _load_stock(conn: Any) -> dict[str, float]:

@@ -10,18 +10,30 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.errors import ConfigError, GatewayError
 
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+
+
+def _load_config(path: str | None) -> GatewayConfig:
+    """The config file, validated, with every stage's own check of it (the lanes'
+    dialects load); raises ConfigError listing every problem."""
+    from gateway.checkout.flow import config_problems
+    from gateway.config import load_config
+
+    return load_config(path, checks=(config_problems,))
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import Gateway
-    from gateway.config import load_config
     from gateway.log import configure_logging, get_logger
 
     try:
-        cfg = load_config(args.config)
+        cfg = _load_config(args.config)
     except ConfigError as exc:
         for path, problem in exc.problems:
             print(f"{path}: {problem}", file=sys.stderr)
@@ -45,10 +57,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from gateway.config import load_config, resolve_config_path
+    from gateway.config import resolve_config_path
 
     try:
-        load_config(args.config)
+        _load_config(args.config)
     except ConfigError as exc:
         for path, problem in exc.problems:
             print(f"{path}: {problem}", file=sys.stderr)
@@ -140,7 +152,9 @@ def _cmd_pos_replay(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from gateway.checkout.flow import completed
     from gateway.errors import DialectError
+    from gateway.publish.payloads import transaction_object
     from gateway.sensing.pos_dialect import load_dialect, replay
 
     try:
@@ -157,7 +171,8 @@ def _cmd_pos_replay(args: argparse.Namespace) -> int:
         return 1
     transactions = replay(dialect, data)
     for txn in transactions:
-        doc = txn.to_contract()
+        # The raw number, as printed: a capture on store IT's desk is no upstream event.
+        doc = transaction_object(completed(txn, 0.0, loyalty=txn.loyalty))
         if args.json:
             print(json.dumps(doc, ensure_ascii=False))
             continue
@@ -193,6 +208,59 @@ def _describe_transaction(doc: dict, reason: str | None) -> str:  # type: ignore
     match = {True: "matches the lines", False: "DOES NOT MATCH the lines", None: "not checked"}
     lines.append(f"  total    {doc['total'] or '?'} ({match[doc['totals_match']]})")
     return "\n".join(lines)
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    from gateway.hq import model_cli
+
+    return model_cli.run(args)
+
+
+def _add_model(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``model train`` and ``model recommend`` (HQ side: their code loads only when run)."""
+    model = sub.add_parser("model", help="HQ: train a ranker bundle; batch-score requests")
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
+
+    tr = model_sub.add_parser("train", help="train a ranker on an Orders CSV and write a bundle")
+    tr.add_argument("--orders", required=True, help="Orders CSV (docs/contracts.md section 1)")
+    tr.add_argument("--out", required=True, help="bundle directory to write")
+    tr.add_argument(
+        "--variant",
+        choices=("fp32", "int8", "both"),
+        default="fp32",
+        help="fp32 or int8 tables; both writes OUT/fp32 and OUT/int8 (default fp32)",
+    )
+    tr.add_argument("--signing-key", help="Ed25519 private key (PEM) to sign manifest.json")
+    tr.add_argument(
+        "--version",
+        type=int,
+        help="bundle version (default: the version already in OUT plus one, else 1)",
+    )
+    tr.add_argument("--k", type=int, default=10, help="items the graph returns (default 10)")
+    tr.add_argument(
+        "--profiles-out",
+        help="also write each shopper's features as JSONL "
+        '({"shopper": ..., "attributes": {"features": ...}}) for HQ profiles',
+    )
+    tr.add_argument(
+        "--zones",
+        default="",
+        help="comma-separated zone names for the manifest (context index i = zone i-1)",
+    )
+    tr.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    tr.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    tr.set_defaults(func=_cmd_model)
+
+    rc = model_sub.add_parser(
+        "recommend", help="score a Requests JSONL with a bundle; one JSON line per request"
+    )
+    rc.add_argument("--bundle", required=True, help="bundle directory")
+    rc.add_argument("--orders", required=True, help="Orders CSV the shoppers' features come from")
+    rc.add_argument(
+        "--requests", required=True, help="Requests JSONL (docs/contracts.md section 1)"
+    )
+    rc.add_argument("--top", type=int, help="items per request (default: the bundle's k)")
+    rc.set_defaults(func=_cmd_model)
 
 
 def _add_pos(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -284,9 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=_cmd_token)
 
     _add_pos(sub)
-    from gateway.hq.model_cli import add_model_parser  # argparse only; training is lazy
-
-    add_model_parser(sub)
+    _add_model(sub)
     _add_hq(sub)
     return parser
 

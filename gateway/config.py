@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import tomllib
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -161,7 +162,7 @@ class BleSection(Section):
     rssi_offset_db: Annotated[float, Field(ge=-30, le=30)] = 0
     # "bluez": the real radio; "replay": adverts replayed from replay_file (the demo, tests).
     backend: Literal["bluez", "replay"] = "bluez"
-    # JSON lines of recorded adverts (gateway/testing/replay_file.py); only with "replay".
+    # JSON lines of recorded adverts (gateway/sensing/replay.py); only with "replay".
     replay_file: ConfigPath | None = None
     # Watchdog (habluetooth's values, see gateway/sensing/ble.py for why).
     silent_restart_s: Annotated[float, Field(ge=1, le=3600)] = 90
@@ -376,6 +377,10 @@ class GatewayConfig(Section):
         return self
 
 
+# A stage's own check of a valid config: (dotted.path, message) problems.
+ConfigCheck = Callable[["GatewayConfig"], list[tuple[str, str]]]
+
+
 def _secret_key_problems(raw: Any, prefix: str = "") -> list[tuple[str, str]]:
     """Secrets written into the TOML itself, named with a clearer message than 'extra'."""
     problems: list[tuple[str, str]] = []
@@ -435,8 +440,13 @@ def _check_secret_files(config: GatewayConfig) -> list[tuple[str, str]]:
     return problems
 
 
-def parse_config(raw: dict[str, Any]) -> GatewayConfig:
-    """Validate an already-parsed TOML document; raise ConfigError listing every problem."""
+def parse_config(raw: dict[str, Any], *, checks: Iterable[ConfigCheck] = ()) -> GatewayConfig:
+    """Validate an already-parsed TOML document; raise ConfigError listing every problem.
+
+    ``checks`` are the stages' own checks of a config that is otherwise valid (each
+    returns ``(dotted.path, message)`` problems), e.g. that every lane's dialect file
+    loads: the stages own what they read, this module only its shape.
+    """
     problems = _secret_key_problems(raw)
     secret_paths = {path for path, _ in problems}
     try:
@@ -456,38 +466,11 @@ def parse_config(raw: dict[str, Any]) -> GatewayConfig:
     if problems:
         raise ConfigError(problems)
     problems.extend(_check_secret_files(config))
-    problems.extend(_check_dialects(config))
+    for check in checks:
+        problems.extend(check(config))
     if problems:
         raise ConfigError(problems)
     return config
-
-
-def dialect_path(config: GatewayConfig, dialect: str) -> Path:
-    """A lane's dialect file: a path as given, or a name looked up in pos.dialects_dir."""
-    if "/" in dialect or dialect.endswith(".toml"):
-        return Path(dialect)
-    return config.pos.dialects_dir / f"{dialect}.toml"
-
-
-def _check_dialects(config: GatewayConfig) -> list[tuple[str, str]]:
-    """Every lane's dialect loads (bad regexes and unknown keys are found now, not at 3 am)."""
-    from gateway.errors import DialectError
-    from gateway.sensing.pos_dialect import load_dialect
-
-    problems: list[tuple[str, str]] = []
-    for i, lane in enumerate(config.lanes):
-        path = dialect_path(config, lane.dialect)
-        try:
-            load_dialect(path)
-        except DialectError as exc:
-            problems.extend(
-                (
-                    f"lanes.{i}.dialect",
-                    f"{where}: {what}" if where == exc.source else f"{exc.source}: {where}: {what}",
-                )
-                for where, what in exc.problems
-            )
-    return problems
 
 
 def resolve_config_path(path: str | os.PathLike[str] | None) -> Path:
@@ -498,7 +481,9 @@ def resolve_config_path(path: str | os.PathLike[str] | None) -> Path:
     return Path(env) if env else DEFAULT_CONFIG_PATH
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, checks: Iterable[ConfigCheck] = ()
+) -> GatewayConfig:
     """Read and validate the config file; raise ConfigError with every problem found."""
     resolved = resolve_config_path(path)
     try:
@@ -511,7 +496,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(str(resolved), f"TOML syntax error: {exc}")]) from exc
-    return parse_config(raw)
+    return parse_config(raw, checks=checks)
 
 
 def read_secret(env_name: str, path: Path | None) -> str | None:

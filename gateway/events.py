@@ -1,6 +1,9 @@
-"""The shared vocabulary: upstream events and their shedding classes.
+"""The shared vocabulary: what crosses from one stage to another.
 
-Every stage speaks these types; no library type crosses a port.
+Upstream events and their shedding classes, sightings (sensing -> identity),
+baskets and completed checkouts (checkout -> decision, and to HQ), and what a
+committed downlink batch changed (publish -> the stages). Every stage speaks these
+types; no library type crosses a port.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, NamedTuple
+
+from gateway.shoppers import Consent, Profile
 
 KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
@@ -125,9 +130,16 @@ class BasketChanged:
 
 @dataclass(frozen=True, slots=True)
 class CheckoutCompleted:
-    """A lane's transaction ended: ``status`` is complete, cancelled or incomplete."""
+    """A lane's transaction ended: ``status`` is complete, cancelled or incomplete.
 
-    lane: str
+    It carries everything of the receipt that the transaction object of
+    docs/contracts.md section 1 holds (``gateway.publish.payloads.transaction_object``
+    builds that object from it), with ``loyalty`` already the salted hash when it
+    comes from a lane; ``reason`` says why it ended (``end_marker``, ``disconnect``...).
+    ``lane`` is None for a replayed capture (``store-gateway pos replay``).
+    """
+
+    lane: str | None
     transaction: str | None
     status: str
     items: tuple[BasketItem, ...]
@@ -136,6 +148,51 @@ class CheckoutCompleted:
     shopper: str | None
     visit: str | None
     ts: float
+    voids: tuple[BasketItem, ...] = ()
+    # Discounts have a description and an amount (code, quantity and unit are None).
+    discounts: tuple[BasketItem, ...] = ()
+    loyalty: str | None = field(default=None, repr=False)
+    reason: str | None = None
 
 
 PosNotice = BasketChanged | CheckoutCompleted
+
+
+# -- HQ's downlink, once committed, for the stages ----------------------------------
+
+
+@dataclass(slots=True)
+class DownlinkApplied:
+    """What one committed batch of HQ messages changed, for the stages' in-memory state.
+
+    ``erased``: shoppers whose every row is gone (opt-out, a profile delete, expiry,
+    eviction over the cap); ``stock``: levels set by inventory messages, after the
+    table was replaced as a whole first when ``stock_replaced``.
+    """
+
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    consents: dict[str, Consent] = field(default_factory=dict)
+    erased: set[str] = field(default_factory=set)
+    stock: dict[str, float] = field(default_factory=dict)
+    stock_replaced: bool = False
+
+    def upsert_profile(self, p: Profile) -> None:
+        """A profile arrived (a shopper erased earlier in the batch is back)."""
+        self.erased.discard(p.shopper)
+        self.profiles[p.shopper] = p
+
+    def set_consent(self, c: Consent) -> None:
+        """A consent arrived (a shopper erased earlier in the batch is back)."""
+        self.erased.discard(c.shopper)
+        self.consents[c.shopper] = c
+
+    def erase(self, shopper: str) -> None:
+        """The shopper is erased: nothing of theirs earlier in the batch stands."""
+        self.profiles.pop(shopper, None)
+        self.consents.pop(shopper, None)
+        self.erased.add(shopper)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.profiles or self.consents or self.erased or self.stock or self.stock_replaced
+        )

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway.checkout.flow import config_problems
 from gateway.config import parse_config
 from gateway.errors import ConfigError
 
@@ -28,8 +29,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """The problems check-config reports: the config's own and the checkout stage's."""
     with pytest.raises(ConfigError) as exc:
-        parse_config(raw)
+        parse_config(raw, checks=(config_problems,))
     return exc.value.problems
 
 

@@ -1,1 +1,1 @@
-"""Decision: features, ranking, rules and experiments."""
+"""Decision: features, ranking, rules, experiments, and the flow that turns moments into actions."""

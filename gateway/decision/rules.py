@@ -70,7 +70,7 @@ from typing import Any, Literal, NamedTuple
 
 from gateway.clock import as_finite as _finite
 from gateway.decision.visit_book import VisitBook
-from gateway.identity.shoppers import Consent
+from gateway.shoppers import Consent
 
 Output = Literal["associate", "screen", "lane"]
 

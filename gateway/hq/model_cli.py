@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,51 +27,10 @@ MAX_PROBLEMS_SHOWN = 20
 BATCH = 256
 
 
-def add_model_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``model train`` and ``model recommend`` to the top-level subcommands."""
-    model = sub.add_parser("model", help="HQ: train a ranker bundle; batch-score requests")
-    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
-
-    tr = model_sub.add_parser("train", help="train a ranker on an Orders CSV and write a bundle")
-    tr.add_argument("--orders", required=True, help="Orders CSV (docs/contracts.md section 1)")
-    tr.add_argument("--out", required=True, help="bundle directory to write")
-    tr.add_argument(
-        "--variant",
-        choices=("fp32", "int8", "both"),
-        default="fp32",
-        help="fp32 or int8 tables; both writes OUT/fp32 and OUT/int8 (default fp32)",
-    )
-    tr.add_argument("--signing-key", help="Ed25519 private key (PEM) to sign manifest.json")
-    tr.add_argument(
-        "--version",
-        type=int,
-        help="bundle version (default: the version already in OUT plus one, else 1)",
-    )
-    tr.add_argument("--k", type=int, default=10, help="items the graph returns (default 10)")
-    tr.add_argument(
-        "--profiles-out",
-        help="also write each shopper's features as JSONL "
-        '({"shopper": ..., "attributes": {"features": ...}}) for HQ profiles',
-    )
-    tr.add_argument(
-        "--zones",
-        default="",
-        help="comma-separated zone names for the manifest (context index i = zone i-1)",
-    )
-    tr.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    tr.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    tr.set_defaults(func=_cmd_train)
-
-    rc = model_sub.add_parser(
-        "recommend", help="score a Requests JSONL with a bundle; one JSON line per request"
-    )
-    rc.add_argument("--bundle", required=True, help="bundle directory")
-    rc.add_argument("--orders", required=True, help="Orders CSV the shoppers' features come from")
-    rc.add_argument(
-        "--requests", required=True, help="Requests JSONL (docs/contracts.md section 1)"
-    )
-    rc.add_argument("--top", type=int, help="items per request (default: the bundle's k)")
-    rc.set_defaults(func=_cmd_recommend)
+def run(args: argparse.Namespace) -> int:
+    """``store-gateway model train|recommend`` (the CLI's parser is gateway/cli.py's)."""
+    commands = {"train": _cmd_train, "recommend": _cmd_recommend}
+    return int(commands[args.model_command](args))
 
 
 def _run(fn: Any, args: argparse.Namespace) -> int:
@@ -348,15 +306,3 @@ def _recommend(args: argparse.Namespace) -> int:
             out.write(json.dumps({"shopper": shopper, "items": chosen[:top]}) + "\n")
     out.flush()
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the model commands on their own (``python -m gateway.hq.model_cli model ...``)."""
-    parser = argparse.ArgumentParser(prog="store-gateway")
-    add_model_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,1 +1,1 @@
-"""Identity: token resolution, presence and visits (pure code)."""
+"""Identity: token resolution, presence and visits (pure), and the shopper flow that runs them."""

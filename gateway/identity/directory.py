@@ -2,7 +2,7 @@
 
 Loaded from the profile cache at start and kept current by the downlink's
 change notices. A shopper is detectable only with a profile *and* a consent
-that is unexpired and includes ``presence`` (gateway/identity/shoppers.py);
+that is unexpired and includes ``presence`` (gateway/shoppers.py);
 everything the resolver tables are built from comes through here, so an
 erased or expired shopper can never be rebuilt into them.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from gateway.identity.shoppers import Consent, EidTag, IBeaconTag, Profile
+from gateway.shoppers import Consent, EidTag, IBeaconTag, Profile
 
 
 class ShopperDirectory:

@@ -223,6 +223,9 @@ class PresenceEvent:
     dwell_s: float = 0.0  # zone_changed/left: time spent in the zone left; dwelled: so far
     visit_s: float = 0.0  # time since the shopper was first heard (left: until last heard)
     lead_db: float | None = None  # the zone's lead over the runner-up; None when alone
+    # The shopper's open visit, set by the shopper flow once the visit book has seen the
+    # event (the tracker knows nothing of visits): later stages need not look it up.
+    visit: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

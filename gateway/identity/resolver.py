@@ -24,7 +24,6 @@ from typing import Any
 
 from gateway.events import Sighting
 from gateway.identity.eid import eids_around
-from gateway.identity.shoppers import EidTag, IBeaconTag
 from gateway.identity.tokens import WINDOW_S, WINDOW_SLACK
 from gateway.sensing.frames import (
     APPLE_COMPANY_ID,
@@ -32,6 +31,7 @@ from gateway.sensing.frames import (
     TOKEN_FRAME_VERSION,
     TOKEN_PAYLOAD_LEN,
 )
+from gateway.shoppers import EidTag, IBeaconTag
 
 # EIDs computed per tag at most: a tag with a very short rotation period (small
 # K) would otherwise need thousands of EIDs to cover three token windows; past

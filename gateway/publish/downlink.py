@@ -33,11 +33,11 @@ from gateway.clock import Clock
 from gateway.config import DownlinkSection, ProfilesSection
 from gateway.errors import DownlinkRejected
 from gateway.events import UpEvent
-from gateway.identity.shoppers import SCOPES, Consent, EidTag, IBeaconTag, Profile
 from gateway.log import get_logger
 from gateway.publish import topics
 from gateway.publish.mqtt import MqttConnection
 from gateway.publish.outbox import Outbox
+from gateway.shoppers import SCOPES, Consent, EidTag, IBeaconTag, Profile
 from gateway.storage import profiles as profile_rows
 from gateway.storage.store import SqliteWriter
 

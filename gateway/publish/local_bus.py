@@ -1,73 +1,90 @@
-"""The store broker: retained gateway status with a will, and periodic health.
+"""The store broker: retained gateway status with a will, periodic health, and what
+the decision stage shows on the store's devices (the ``StoreDisplay`` port).
 
 Status and health are re-published after every reconnect (a restarted
-Mosquitto without persistence forgets retained messages).
+Mosquitto without persistence forgets retained messages). Payloads are
+``gateway/publish/payloads.py``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from gateway.clock import Clock
 from gateway.config import StoreBrokerSection
+from gateway.decision.records import ARRIVAL, DWELL, Shown
 from gateway.log import get_logger
-from gateway.publish import topics
-from gateway.publish.hq_link import status_payload
+from gateway.publish import payloads, topics
 from gateway.publish.mqtt import MqttConnection, Will
 
 
+def store_connection(cfg: StoreBrokerSection, store_id: str) -> MqttConnection:
+    """The connection to the store's Mosquitto, with ``offline`` as its retained will."""
+    will = Will(
+        topics.STORE_STATUS,
+        payloads.status(store_id, "offline", 0.0, reason="connection lost"),
+    )
+    return MqttConnection(
+        "store",
+        cfg,
+        client_id=cfg.client_id or f"store-gateway-{store_id}",
+        password_env="STORE_GATEWAY_STORE_BROKER_PASSWORD",  # noqa: S106 - an env variable name
+        will=will,
+    )
+
+
 class LocalBus:
-    """Publishes to the store's Mosquitto; later issues add subscriptions here."""
+    """Publishes to the store's Mosquitto: status, health, and the store's devices."""
 
     def __init__(
         self,
-        cfg: StoreBrokerSection,
+        conn: MqttConnection,
         store_id: str,
         clock: Clock,
         health: Callable[[], dict[str, Any]],
+        *,
+        health_interval_s: float,
     ) -> None:
-        self.cfg = cfg
+        self.conn = conn
         self.store_id = store_id
         self.clock = clock
         self._health = health
+        self.health_interval_s = health_interval_s
         self._log = get_logger("local_bus")
-        will = Will(
-            topics.STORE_STATUS, status_payload(store_id, "offline", 0.0, reason="connection lost")
-        )
-        self.conn = MqttConnection(
-            "store",
-            cfg,
-            client_id=cfg.client_id or f"store-gateway-{store_id}",
-            password_env="STORE_GATEWAY_STORE_BROKER_PASSWORD",  # noqa: S106 - an env variable name
-            will=will,
-        )
         self.conn.on_up(self._on_up)
         self.health_published = 0
 
     def _on_up(self) -> None:
         self.conn.publish(
             topics.STORE_STATUS,
-            status_payload(self.store_id, "online", self.clock.wall()),
+            payloads.status(self.store_id, "online", self.clock.wall()),
             retain=True,
         )
         self.publish_health()
 
     def publish_health(self) -> None:
         """Publish one health document now (retained, so a new screen sees the latest)."""
-        doc = {"v": 1, "store": self.store_id, "ts": self.clock.wall(), **self._health()}
-        if (
-            self.conn.publish(
-                topics.STORE_HEALTH,
-                json.dumps(doc, separators=(",", ":")).encode(),
-                qos=0,
-                retain=True,
-            )
-            is not None
-        ):
+        doc = payloads.health(self.store_id, self.clock.wall(), self._health())
+        if self.conn.publish(topics.STORE_HEALTH, doc, qos=0, retain=True) is not None:
             self.health_published += 1
+
+    def show(self, output: object) -> None:
+        """``StoreDisplay``: a decision's items to the device its trigger is for; a zone
+        screen's content is retained (a screen that starts later shows it at once)."""
+        if not isinstance(output, Shown):
+            raise TypeError(f"nothing to show for {type(output).__name__}")
+        if output.trigger == ARRIVAL:
+            topic = topics.ASSOCIATE_ALERTS
+        elif output.trigger == DWELL:
+            assert output.zone is not None
+            topic = topics.zone_screen(output.zone)
+        else:
+            assert output.lane is not None
+            topic = topics.lane_display(output.lane)
+        payload = payloads.SHOWN_PAYLOADS[output.trigger](output)
+        self.conn.publish(topic, payload, qos=1, retain=output.trigger == DWELL)
 
     def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
         """The coroutines the composition root runs: the connection and the health timer."""
@@ -75,7 +92,7 @@ class LocalBus:
 
     async def _health_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.cfg.health_interval_s)
+            await asyncio.sleep(self.health_interval_s)
             self.publish_health()
 
     async def close(self, timeout_s: float) -> bool:
@@ -83,7 +100,7 @@ class LocalBus:
             [
                 (
                     topics.STORE_STATUS,
-                    status_payload(self.store_id, "offline", self.clock.wall(), reason="shutdown"),
+                    payloads.status(self.store_id, "offline", self.clock.wall(), reason="shutdown"),
                     True,
                 )
             ],

@@ -8,7 +8,7 @@ discounts, the loyalty number, subtotal, tax and total. ``load_dialect`` validat
 it with strict models and reports every problem as ``dotted.path: message``.
 
 ``TransactionEngine`` applies a dialect to tokens (``gateway.sensing.escpos``:
-``Line``, ``Cut``, ``Reset``, ``Barcode``) and emits ``BasketChanged`` on every
+``Line``, ``Cut``, ``Reset``, ``Barcode``) and emits ``TransactionChanged`` on every
 change to the open basket and ``TransactionEnded`` once per transaction.
 ``DialectParser`` puts the tokenizer in front of it for one lane.
 
@@ -466,36 +466,6 @@ class Transaction:
     # Lines not kept because the transaction reached the dialect's max_items.
     dropped: int = 0
 
-    def to_contract(self) -> dict[str, Any]:
-        """The docs/contracts.md section 1 transaction object (raw loyalty number included)."""
-        items = []
-        for i in self.items:
-            entry: dict[str, Any] = {
-                "code": i.code,
-                "description": i.description,
-                "quantity": i.quantity,
-            }
-            if i.unit is not None:
-                entry["unit"] = i.unit
-            entry["amount"] = i.amount
-            items.append(entry)
-        return {
-            "v": 1,
-            "status": self.status,
-            "transaction": self.number,
-            "items": items,
-            "voids": [
-                {"code": v.code, "description": v.description, "amount": v.amount}
-                for v in self.voids
-            ],
-            "discounts": [
-                {"description": d.description, "amount": d.amount} for d in self.discounts
-            ],
-            "loyalty": self.loyalty,
-            "total": self.total,
-            "totals_match": self.totals_match,
-        }
-
     def snapshot(self) -> Transaction:
         """A deep copy, safe to hand to another thread."""
         return copy.copy(self)._deepen()
@@ -529,7 +499,7 @@ def totals_match(txn: Transaction, tax_included: bool = False) -> bool | None:
 
 
 @dataclass(frozen=True)
-class BasketChanged:
+class TransactionChanged:
     """The open basket changed (``change`` is one of ``CHANGES``); ``txn`` is a snapshot."""
 
     txn: Transaction
@@ -545,7 +515,7 @@ class TransactionEnded:
     ts: float
 
 
-PosEvent = BasketChanged | TransactionEnded
+PosEvent = TransactionChanged | TransactionEnded
 
 
 @dataclass
@@ -979,7 +949,7 @@ class TransactionEngine:
         assert txn is not None
         if txn.total is not None:
             txn.totals_match = totals_match(txn, self._d.tax_included)
-        events.append(BasketChanged(txn.snapshot(), change, ts))
+        events.append(TransactionChanged(txn.snapshot(), change, ts))
 
     def _end(
         self,

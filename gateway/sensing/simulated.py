@@ -1,74 +1,76 @@
 """A scripted event source for the demo and for tests (``[simulation]`` in the config).
 
-It produces events at a steady rate through the same outbox path a real
-source uses, each carrying its own counter so that tests can tell which were
-taken. It is off unless ``simulation.events_per_s`` is above zero.
+It produces ``Scripted`` events at a steady rate through the same ``UpstreamSink``
+and outbox path a real source uses, each carrying its own counter so that tests
+can tell which were taken. It is off unless ``simulation.events_per_s`` is above
+zero.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from gateway.clock import Clock
 from gateway.config import SimulationSection
-from gateway.errors import OutboxRejected
-from gateway.events import UpEvent
 from gateway.log import get_logger
+from gateway.ports import UpstreamSink
 
-# Hands an event over and returns a future that resolves once it is committed.
-Sink = Callable[[UpEvent], asyncio.Future[str]]
+
+@dataclass(frozen=True, slots=True)
+class Scripted:
+    """The ``n``-th scripted event, sent up as ``kind`` (gateway/publish/payloads.py)."""
+
+    kind: str
+    n: int
+    ts: float
 
 
 class ScriptedEventSource:
     """Emits ``simulation.events_per_s`` events, cycling through ``simulation.kinds``."""
 
-    def __init__(self, cfg: SimulationSection, clock: Clock, sink: Sink) -> None:
+    def __init__(self, cfg: SimulationSection, clock: Clock, upstream: UpstreamSink) -> None:
         self.cfg = cfg
         self.clock = clock
-        self.sink = sink
+        self.upstream = upstream
         self.produced = 0
-        self.taken = 0
-        self.rejected = 0
         self._log = get_logger("simulation")
 
     async def run(self) -> None:
+        """Produce at the configured rate until ``max_events``; then stay alive, idle."""
         if self.cfg.events_per_s <= 0:
             return
         kinds = itertools.cycle(self.cfg.kinds)
         loop = asyncio.get_running_loop()
         interval = 1.0 / self.cfg.events_per_s
         start = loop.time()
-        # Producers await their commit; keep many in flight so group commit works.
-        inflight: set[asyncio.Future[str]] = set()
         while not self.cfg.max_events or self.produced < self.cfg.max_events:
             self.produced += 1
-            ev = UpEvent.of(next(kinds), {"n": self.produced, "simulated": True}, self.clock.wall())
-            fut = self.sink(ev)
-            inflight.add(fut)
-            fut.add_done_callback(self._done)
-            fut.add_done_callback(inflight.discard)
+            self.upstream.send(Scripted(next(kinds), self.produced, self.clock.wall()))
             delay = start + self.produced * interval - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             elif self.produced % 256 == 0:
                 await asyncio.sleep(0)
-        if inflight:
-            await asyncio.gather(*inflight, return_exceptions=True)
-        self._log.info(
-            "simulation_finished", produced=self.produced, taken=self.taken, rejected=self.rejected
-        )
+        # The summary line waits until the outbox has settled every event (committed or
+        # refused), as a producer awaiting its commits would; polled, once, at the end.
+        while self._settled() < self.produced:  # noqa: ASYNC110 - the sink has no awaitable
+            await asyncio.sleep(0.05)
+        self._log.info("simulation_finished", **self.stats())
         # Stay alive: a finished source must not end the daemon.
         await asyncio.Event().wait()
 
-    def _done(self, fut: asyncio.Future[str]) -> None:
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is None:
-            self.taken += 1
-        elif isinstance(exc, OutboxRejected):
-            self.rejected += 1
-        else:
-            self._log.error("simulated_event_failed", error=str(exc))
+    def _settled(self) -> int:
+        sink = self.upstream.stats()
+        return sink["upstream"] + sink["upstream_rejected"]
+
+    def stats(self) -> dict[str, Any]:
+        """``produced``, and how many the outbox ``taken`` (committed) or ``rejected``."""
+        sink = self.upstream.stats()
+        return {
+            "produced": self.produced,
+            "taken": sink["upstream"],
+            "rejected": sink["upstream_rejected"],
+        }

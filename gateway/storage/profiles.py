@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from gateway.identity.shoppers import Consent, EidTag, IBeaconTag, Profile
+from gateway.shoppers import Consent, EidTag, IBeaconTag, Profile
 from gateway.storage.store import checkpoint
 
 

@@ -1,4 +1,4 @@
-"""A fake Bluetooth radio behind bleak's own ``backend=`` hook, for tests, the demo and benches.
+"""A fake Bluetooth radio behind bleak's own ``backend=`` hook, for tests and benches.
 
 The radio is the one fake the project allows (ARCHITECTURE, principle 3), and it
 goes in where a real BlueZ backend would: ``BleakScanner(backend=radio.backend)``
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -43,8 +43,8 @@ from bleak.backends.scanner import (
 )
 from bleak.exc import BleakError
 
-# What bleak hands a detection callback.
-Heard = tuple[BLEDevice, AdvertisementData]
+from gateway.sensing.replay import Heard, make_advert, make_device
+
 # The n-th advert the radio hears (n counts from 0 across sessions).
 Produce = Callable[[int], Heard]
 
@@ -55,32 +55,6 @@ APPLE_COMPANY_ID = 0x004C
 # A gap between adverts that keeps a test's radio busy without hogging the loop:
 # about 200 adverts/s, the order of a busy store (ARCHITECTURE: hundreds/s on a Pi).
 DEFAULT_INTERVAL_S = 0.005
-
-
-def make_device(address: str = "C0:FF:EE:00:00:01", name: str | None = None) -> BLEDevice:
-    """A BLEDevice as BlueZ would describe it (``details`` is an opaque D-Bus path)."""
-    return BLEDevice(address, name, {"path": "/org/bluez/hci0/dev_" + address.replace(":", "_")})
-
-
-def make_advert(
-    *,
-    manufacturer_data: Mapping[int, bytes] | None = None,
-    service_data: Mapping[str, bytes] | None = None,
-    rssi: int = -60,
-    local_name: str | None = None,
-    service_uuids: Sequence[str] = (),
-    tx_power: int | None = None,
-) -> AdvertisementData:
-    """bleak's AdvertisementData with every field it requires, defaulting to an empty advert."""
-    return AdvertisementData(
-        local_name=local_name,
-        manufacturer_data=dict(manufacturer_data or {}),
-        service_data=dict(service_data or {}),
-        service_uuids=list(service_uuids),
-        tx_power=tx_power,
-        rssi=rssi,
-        platform_data=(),
-    )
 
 
 def ibeacon_advert(uuid: bytes, major: int, minor: int, *, rssi: int = -60) -> AdvertisementData:
@@ -233,3 +207,6 @@ class ReplayRadio:
 
 def _never(n: int) -> Heard:
     raise AssertionError("a queue-fed radio has no producer")
+
+
+__all__ = ["Heard", "ReplayBackend", "ReplayRadio", "ScannerArgs", "make_advert", "make_device"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,12 @@ GROCERIES = (
     ScannedItem("0000000022222", "ESPRESSO BEANS", "8.99"),
     ScannedItem("0000000033333", "GREEK YOGURT", "1.29"),
 )
+
+
+def contract(txn: Any) -> dict[str, Any]:
+    """A dialect's ``Transaction`` as the transaction object of docs/contracts.md section 1,
+    raw loyalty number included, built the way ``pos replay --json`` builds it."""
+    from gateway.checkout.flow import completed
+    from gateway.publish.payloads import transaction_object
+
+    return transaction_object(completed(txn, 0.0, loyalty=txn.loyalty))

@@ -11,15 +11,19 @@ from typing import Any
 
 import pytest
 
+from gateway.app import build_decision, build_shoppers
 from gateway.clock import SystemClock
 from gateway.config import parse_config
 from gateway.decision import experiments as ex
 from gateway.decision.features import ShopperFeatures, features_to_attributes
-from gateway.decision_flow import ARRIVAL, BASKET, DWELL, DecisionFlow, Trigger, default_bundle_dir
+from gateway.decision.flow import ARRIVAL, BASKET, DWELL, DecisionFlow, Trigger, default_bundle_dir
 from gateway.events import BasketItem, CheckoutCompleted
+from gateway.identity.flow import ShopperFlow
 from gateway.identity.presence import PresenceEvent
-from gateway.identity.shoppers import Consent, Profile
-from gateway.shopper_flow import ShopperFlow
+from gateway.publish.local_bus import LocalBus
+from gateway.publish.upstream import OutboxSink
+from gateway.shoppers import Consent, Profile
+from gateway.testing.connection import FakeConnection
 
 POS_DIR = Path(__file__).resolve().parents[2] / "firmware_configs" / "pos"
 ALL_SCOPES = frozenset({"presence", "associate_assist", "screens", "analytics"})
@@ -39,13 +43,16 @@ class Outbox:
         return [e.data for e in self.events if e.kind == kind]
 
 
-class Published:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, dict[str, Any], bool]] = []
+class Published(FakeConnection):
+    """The store broker as the local bus sees it: what the devices were sent."""
 
-    def __call__(self, topic: str, payload: bytes, retain: bool) -> int:
-        self.messages.append((topic, json.loads(payload), retain))
-        return 1
+    @property
+    def messages(self) -> list[tuple[str, dict[str, Any], bool]]:
+        return [(m.topic, m.json(), m.retain) for m in self.sent]
+
+
+def display(published: Published) -> LocalBus:
+    return LocalBus(published, "s1", SystemClock(), dict, health_interval_s=10)
 
 
 def catalogue() -> list[str]:
@@ -72,7 +79,7 @@ def make_flow(
         }
     )
     outbox, published = Outbox(), Published()
-    shoppers = ShopperFlow(cfg, SystemClock(), outbox)
+    shoppers = build_shoppers(cfg, SystemClock(), OutboxSink(outbox, "presence_event"))
     items = catalogue()
     profiles = []
     consents = []
@@ -87,7 +94,9 @@ def make_flow(
         profiles.append(Profile(shopper, time.time() + 86400, attributes=attrs))
         consents.append(Consent(shopper, scopes, time.time() + 86400))
     shoppers.load(profiles, consents)
-    flow = DecisionFlow(cfg, SystemClock(), outbox, published, shoppers=shoppers)
+    flow = build_decision(
+        cfg, SystemClock(), OutboxSink(outbox, "decision_event"), display(published), shoppers
+    )
     return flow, shoppers, outbox, published
 
 
@@ -118,13 +127,13 @@ def test_every_trigger_decides_with_the_model_and_outputs_name_nobody(tmp_path: 
         )
         flow.ranker.close()
         assert arrival and lane and screen
-        assert {arrival["source"], lane["source"], screen["source"]} == {"model"}
-        assert arrival["model_version"] is not None
-        assert not set(lane["items"]) & set(basket)
-        assert all(len(r["items"]) == 3 and r["shown"] for r in (arrival, lane, screen))
+        assert {arrival.source, lane.source, screen.source} == {"model"}
+        assert arrival.model_version is not None
+        assert not set(lane.items) & set(basket)
+        assert all(len(r.items) == 3 and r.shown for r in (arrival, lane, screen))
         topics = {t: (doc, retain) for t, doc, retain in published.messages}
         alert, _ = topics["store/v1/associates/alerts"]
-        assert alert["shopper"] == "s-all" and alert["items"] == arrival["items"]
+        assert alert["shopper"] == "s-all" and alert["items"] == list(arrival.items)
         display, _ = topics["store/v1/lanes/lane-1/display"]
         shown_screen, retained = topics["store/v1/zones/produce/screen"]
         assert retained
@@ -133,13 +142,13 @@ def test_every_trigger_decides_with_the_model_and_outputs_name_nobody(tmp_path: 
             for needle in (
                 "s-all",
                 visit,
-                arrival["decision"],
-                lane["decision"],
-                screen["decision"],
+                arrival.decision,
+                lane.decision,
+                screen.decision,
             ):
                 assert needle not in text
         # The screen's record names nobody either; the others name the shopper (subject).
-        assert screen["shopper"] is None and screen["visit"] is None
+        assert screen.shopper is None and screen.visit is None
         decisions = [e for e in outbox.events if e.kind == "decision"]
         assert [e.subject for e in decisions] == ["s-all", "s-all", None]
         assert len(outbox.of("impression")) == 3
@@ -161,7 +170,7 @@ def test_screen_content_does_not_depend_on_who_is_there(tmp_path: Path) -> None:
             record = await flow.decide(
                 Trigger(DWELL, now, shopper=shopper, visit=visit, zone="produce")
             )
-            out.append(record["items"] if record else [])
+            out.append(record.items if record else [])
         flow.ranker.close()
         assert [t for t, _, _ in published.messages] == ["store/v1/zones/produce/screen"]
         assert flow.refused["no_consent"] == 1
@@ -184,7 +193,7 @@ def test_screen_content_does_not_depend_on_who_is_there(tmp_path: Path) -> None:
         )
         flow.ranker.close()
         assert record
-        return record["items"]
+        return record.items
 
     assert asyncio.run(again()) == first
 
@@ -204,10 +213,10 @@ def test_consent_stock_and_caps(tmp_path: Path) -> None:
         first = await flow.decide(Trigger(ARRIVAL, now, shopper="s-all", visit=visit))
         assert first
         # The top item runs out: the next decision never shows it.
-        flow.on_stock({first["items"][0]: 0.0}, replaced=True)
+        flow.on_stock({first.items[0]: 0.0}, replaced=True)
         second = await flow.decide(Trigger(ARRIVAL, now, shopper="s-all", visit=visit))
-        assert second and first["items"][0] not in second["items"]
-        assert second["dropped"].get("out_of_stock") == 1
+        assert second and first.items[0] not in second.items
+        assert second.dropped.get("out_of_stock") == 1
         # Two arrivals per visit at most (decision.decisions_per_visit = 2).
         assert await flow.decide(Trigger(ARRIVAL, now, shopper="s-all", visit=visit)) is None
         assert flow.refused["visit_cap"] == 1
@@ -238,11 +247,11 @@ def test_arms_holdout_and_one_conversion(tmp_path: Path, holdout_share: float) -
         record = await flow.decide(Trigger(ARRIVAL, now, shopper="s-all", visit=visit))
         assert record
         arm = ex.assign(flow.experiments[0], "s-all")
-        assert record["arm"] == arm and record["experiment"] == "e1"
+        assert record.arm == arm and record.experiment == "e1"
         holdout = arm == ex.HOLDOUT
-        assert record["shown"] is (not holdout)
+        assert record.shown is (not holdout)
         assert bool(published.messages) is (not holdout)
-        bought = record["items"][0]
+        bought = record.items[0]
         items = (BasketItem(bought, "X", "1", None, "1.00"), BasketItem("zzz", "Y", "1", None, "2"))
         for _ in range(2):  # the same sale reported twice still converts once
             flow.on_pos_notice(
@@ -276,7 +285,7 @@ def test_arms_holdout_and_one_conversion(tmp_path: Path, holdout_share: float) -
         assert {a["arm"] for a in arms} == {arm}
         assert sum(a["decisions"] for a in arms) == 1
         assert sum(a["conversions"] for a in arms) == 1
-        assert sum(a["impressions"] for a in arms) == (0 if holdout else len(record["items"]))
+        assert sum(a["impressions"] for a in arms) == (0 if holdout else len(record.items))
         flow.ranker.close()
 
     asyncio.run(main())

@@ -24,7 +24,7 @@ from gateway.decision.rules import (
     decide,
     ranked,
 )
-from gateway.identity.shoppers import Consent
+from gateway.shoppers import Consent
 
 T0 = 1_795_000_000.0
 ALL_SCOPES = frozenset({"presence", "associate_assist", "screens", "kiosk", "analytics"})

@@ -10,13 +10,15 @@ from typing import Any
 
 import pytest
 
+from gateway.app import build_shoppers
 from gateway.clock import ManualClock
 from gateway.config import GatewayConfig
+from gateway.identity.flow import ShopperFlow
 from gateway.identity.presence import PresenceEvent
-from gateway.identity.shoppers import Consent, IBeaconTag, Profile
 from gateway.identity.tokens import window_of
+from gateway.publish.upstream import OutboxSink
 from gateway.sensing.satellites import SatelliteDecoder
-from gateway.shopper_flow import ShopperFlow
+from gateway.shoppers import Consent, IBeaconTag, Profile
 from tests.identity.test_shopper_flow import FakeOutbox, day_keys
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "satellites"
@@ -51,7 +53,7 @@ def store() -> tuple[ShopperFlow, SatelliteDecoder, ManualClock]:
         }
     )
     clock = ManualClock(wall=T0)
-    flow = ShopperFlow(cfg, clock, FakeOutbox())
+    flow = build_shoppers(cfg, clock, OutboxSink(FakeOutbox(), "presence_event"))
     consent = frozenset({"presence"})
     flow.load(
         [

@@ -9,13 +9,15 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.app import build_shoppers
 from gateway.clock import ManualClock
-from gateway.config import GatewayConfig
+from gateway.config import BleSection, GatewayConfig
 from gateway.events import Sighting, UpEvent
 from gateway.identity.eid import beacon_time, eid
+from gateway.identity.flow import ShopperFlow
 from gateway.identity.resolver import AdvertResolver, build_eid_table
-from gateway.identity.shoppers import Consent, EidTag, Profile
 from gateway.identity.tokens import WINDOW_S, build_table, day_key, token_at, window_of
+from gateway.publish.upstream import OutboxSink
 from gateway.sensing.frames import (
     APPLE_COMPANY_ID,
     EDDYSTONE_SERVICE_UUID,
@@ -23,7 +25,7 @@ from gateway.sensing.frames import (
     ibeacon_payload,
     shopper_token_payload,
 )
-from gateway.shopper_flow import ShopperFlow
+from gateway.shoppers import Consent, EidTag, Profile
 
 T0 = 1_795_000_000.0
 CID = 0xFFFF
@@ -152,7 +154,7 @@ def make_flow(**presence: Any) -> tuple[ShopperFlow, FakeOutbox, ManualClock]:
     )
     clock = ManualClock(wall=T0)
     outbox = FakeOutbox()
-    return ShopperFlow(cfg, clock, outbox), outbox, clock
+    return build_shoppers(cfg, clock, OutboxSink(outbox, "presence_event")), outbox, clock
 
 
 def opted_in(shopper: str, root: bytes, scopes: set[str]) -> tuple[Profile, Consent]:
@@ -327,10 +329,10 @@ def test_a_full_queue_sheds_and_counts() -> None:
         flow, _, clock = make_flow()
         flow.load(*zip(opted_in("s1", ROOT, {"presence"}), strict=True))
         await _built(flow, clock)
-        for _ in range(flow.cfg.ble.queue_max + 5):
+        for _ in range(BleSection().queue_max + 5):
             flow.pi_advert(token_advert(ROOT, clock.wall()), {}, -55, clock.wall())
         assert flow.stats()["shed"] == 5
-        assert flow.stats()["queue"] == flow.cfg.ble.queue_max
+        assert flow.stats()["queue"] == BleSection().queue_max
 
     asyncio.run(scenario())
 
@@ -386,5 +388,5 @@ def test_configured_offsets_apply_to_scanners_without_a_beacon() -> None:
             ],
         }
     )
-    flow = ShopperFlow(cfg, ManualClock(wall=T0), FakeOutbox())
+    flow = build_shoppers(cfg, ManualClock(wall=T0), OutboxSink(FakeOutbox(), "presence_event"))
     assert flow.tracker.offsets_db() == {"pi": -3.0, "sat-1": 4.5}

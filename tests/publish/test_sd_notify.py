@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sd_notify import SystemdNotifier
+from gateway.publish.sd_notify import SystemdNotifier
 
 
 @pytest.fixture

@@ -24,13 +24,13 @@ from hypothesis import strategies as st
 from gateway.sensing.escpos import Barcode, Cut, Line, Reset, Token
 from gateway.sensing.pos_dialect import (
     MAX_LINE_CHARS,
-    BasketChanged,
     Dialect,
     DialectError,
     DialectFile,
     DialectParser,
     PosEvent,
     Transaction,
+    TransactionChanged,
     TransactionEnded,
     TransactionEngine,
     load_dialect,
@@ -39,6 +39,7 @@ from gateway.sensing.pos_dialect import (
     parse_dialect,
     replay,
 )
+from gateway.testing.receipts import contract
 
 POS_DIR = Path(__file__).resolve().parents[2] / "firmware_configs" / "pos"
 CAPTURES = POS_DIR / "captures"
@@ -149,7 +150,7 @@ def generator() -> ModuleType:
 def test_item_line_gives_code_description_quantity_and_amount() -> None:
     """An item line yields its groups; with no quantity printed it counts one unit."""
     txn = one("0000000123457 OAT MILK 1L    4.98")
-    assert txn.to_contract()["items"] == [
+    assert contract(txn)["items"] == [
         {"code": "0000000123457", "description": "OAT MILK 1L", "quantity": "1", "amount": "4.98"}
     ]
 
@@ -171,7 +172,7 @@ def test_weight_line_sets_quantity_and_lower_case_unit() -> None:
     """A weight line gives the item a decimal quantity and its unit."""
     d = make_dialect(decimal=",")
     txn = one("GOUDA 2,49", "   0,834 KG @ 2,99", dialect=d)
-    item = txn.to_contract()["items"][0]
+    item = contract(txn)["items"][0]
     assert (item["quantity"], item["unit"], item["amount"]) == ("0.834", "kg", "2.49")
 
 
@@ -234,9 +235,7 @@ def test_void_by_code_removes_that_item() -> None:
     """A void naming a code takes back the last item with that code (leading zeros aside)."""
     txn = one("0000000678902 SODA 1.99", "4011 BANANAS 0.65", "VOID 678902 1.99")
     assert [i.description for i in txn.items] == ["BANANAS"]
-    assert txn.to_contract()["voids"] == [
-        {"code": "678902", "description": "SODA", "amount": "-1.99"}
-    ]
+    assert contract(txn)["voids"] == [{"code": "678902", "description": "SODA", "amount": "-1.99"}]
 
 
 def test_void_by_description_when_no_code() -> None:
@@ -257,9 +256,7 @@ def test_bare_void_takes_back_the_last_item() -> None:
     """A void line naming nothing takes back the last item, and borrows its fields."""
     txn = one("SODA 1.99", "BANANAS 0.65", "VOID")
     assert [i.description for i in txn.items] == ["SODA"]
-    assert txn.to_contract()["voids"] == [
-        {"code": None, "description": "BANANAS", "amount": "-0.65"}
-    ]
+    assert contract(txn)["voids"] == [{"code": None, "description": "BANANAS", "amount": "-0.65"}]
 
 
 def test_void_for_an_unseen_code_is_recorded_but_removes_nothing() -> None:
@@ -267,7 +264,7 @@ def test_void_for_an_unseen_code_is_recorded_but_removes_nothing() -> None:
     events, engine = run(lines("START", "1234 SODA 1.99", "VOID 9999 1.99", "END"))
     (txn,) = ended(events)
     assert [i.code for i in txn.items] == ["1234"]
-    assert txn.to_contract()["voids"] == [{"code": "9999", "description": None, "amount": "-1.99"}]
+    assert contract(txn)["voids"] == [{"code": "9999", "description": None, "amount": "-1.99"}]
     assert engine.stats()["unmatched_voids"] == 1
 
 
@@ -415,11 +412,11 @@ def test_interrupt_ends_the_open_transaction_with_its_reason() -> None:
 
 
 def test_every_change_emits_a_basket_changed_snapshot() -> None:
-    """Each change emits BasketChanged; earlier snapshots do not move with the basket."""
+    """Each change emits TransactionChanged; earlier snapshots do not move with the basket."""
     events, _ = run(
         lines("START", "MILK 1.00", "   2 @ 0.50", "VOID", "DISC X 0.10", "MEMBER 99", "TOTAL 0")
     )
-    changes = [e.change for e in events if isinstance(e, BasketChanged)]
+    changes = [e.change for e in events if isinstance(e, TransactionChanged)]
     assert changes == ["started", "item", "item", "void", "discount", "loyalty", "total"]
     assert events[1].txn.items[0].quantity == "1"  # as it stood before the quantity line
     assert events[3].txn.items == []
@@ -434,8 +431,8 @@ def test_snapshot_is_a_deep_copy() -> None:
     assert (len(txn.items), txn.items[0].amount) == (1, "1.00")
 
 
-def test_to_contract_has_exactly_the_contract_fields() -> None:
-    """to_contract is docs/contracts.md section 1: unit only when known, voids and
+def test_the_transaction_object_has_exactly_the_contract_fields() -> None:
+    """The transaction object is docs/contracts.md section 1: unit only when known, voids and
     discounts trimmed."""
     texts = lines(
         "START #0042",
@@ -449,7 +446,7 @@ def test_to_contract_has_exactly_the_contract_fields() -> None:
         "END",
     )
     (txn,) = ended(run(texts, make_dialect(decimal=","))[0])
-    assert txn.to_contract() == {
+    assert contract(txn) == {
         "v": 1,
         "status": "complete",
         "transaction": "0042",
@@ -531,9 +528,7 @@ def test_tender_lines_leave_no_card_digits_anywhere() -> None:
             "END",
         )
     )
-    text = (
-        repr(events) + repr(engine.stats()) + json.dumps([t.to_contract() for t in ended(events)])
-    )
+    text = repr(events) + repr(engine.stats()) + json.dumps([contract(t) for t in ended(events)])
     assert pan not in text and pan[-4:] not in text and pan[:6] not in text
     (txn,) = ended(events)
     assert txn.tender_seen is True
@@ -696,7 +691,7 @@ def test_capture_files_are_what_the_generator_makes(name: str) -> None:
 @pytest.mark.parametrize("name", SHIPPED)
 def test_capture_replays_to_what_was_planted(name: str) -> None:
     """The shipped dialect extracts from its capture exactly the planted transactions."""
-    got = [t.to_contract() for t in replay(shipped(name), capture(name))]
+    got = [contract(t) for t in replay(shipped(name), capture(name))]
     assert got == expected(name)
 
 
@@ -706,7 +701,7 @@ def test_capture_replays_the_same_in_small_chunks(name: str, seed: int) -> None:
     """Bytes arriving 1-7 at a time give the same transactions as one read."""
     rng = random.Random(seed)
     sizes = (rng.randint(1, 7) for _ in itertools.count())
-    got = [t.to_contract() for t in replay(shipped(name), capture(name), chunk_sizes=sizes)]
+    got = [contract(t) for t in replay(shipped(name), capture(name), chunk_sizes=sizes)]
     assert got == expected(name)
 
 
@@ -733,7 +728,7 @@ def test_capture_card_numbers_reach_no_event_and_no_stat(name: str) -> None:
     for i in range(0, len(data), 64):
         events += parser.feed(data[i : i + 64], float(i))
     events += parser.interrupt(float(len(data)), "eof")
-    text = repr(events) + repr(parser.stats()) + json.dumps([e.txn.to_contract() for e in events])
+    text = repr(events) + repr(parser.stats()) + json.dumps([contract(e.txn) for e in events])
     assert [form for form in _pan_forms() if form in text] == []
 
 

@@ -21,7 +21,7 @@ from gateway.clock import SystemClock
 from gateway.sensing import pos_dialect as pd
 from gateway.sensing.pos_serial import LaneSettings, SerialPosLane
 from gateway.testing.pty_lane import PtyLane
-from gateway.testing.receipts import GROCERIES, journal_receipt
+from gateway.testing.receipts import GROCERIES, contract, journal_receipt
 
 POS_DIR = Path(__file__).resolve().parents[2] / "firmware_configs" / "pos"
 DIALECTS = ("epson-grocery", "journal-dvr", "eu-escpos")
@@ -98,8 +98,8 @@ def test_shipped_capture_through_a_pty_in_random_chunks(name: str, pty: PtyLane)
         got = sink.wait_ended(len(expected))
     finally:
         lane.stop()
-    assert [t.to_contract() for t in got] == expected
-    kinds = {e.change for e in sink.events if isinstance(e, pd.BasketChanged)}
+    assert [contract(t) for t in got] == expected
+    kinds = {e.change for e in sink.events if isinstance(e, pd.TransactionChanged)}
     assert {"started", "item"} <= kinds
 
 
@@ -175,12 +175,12 @@ def test_ten_megabytes_of_noise_between_receipts(name: str, pty: PtyLane) -> Non
         ended = sink.wait_ended(2 * len(expected))
     finally:
         lane.stop()
-    before = [t.to_contract() for t in ended[: len(expected)]]
+    before = [contract(t) for t in ended[: len(expected)]]
     assert before == expected
     # The noise may leave one transaction of its own (a random start marker is
     # vanishingly unlikely, but the noise can end one the first capture left open);
     # what matters: the capture after the noise comes back whole.
-    after = [t.to_contract() for t in ended[-len(expected) :]]
+    after = [contract(t) for t in ended[-len(expected) :]]
     assert after == expected
     assert peak <= 1024
     assert parser.tokenizer.buffered_bytes <= 1024

@@ -60,7 +60,7 @@ class DemoShoppers:
         ]
         self.walks: dict[str, Walk] = {}
         # When each opted-in shopper reaches the checkout zone (unix time): the till
-        # serves them from there (gateway/demo_pos.py).
+        # serves them from there (gateway/demo/pos.py).
         self.checkouts: list[tuple[str, float]] = []
         self.foreign_devices = len(FOREIGN_SEEDS)
         streams = []

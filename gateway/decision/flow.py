@@ -1,6 +1,6 @@
-"""The decision flow: moments in the store in; next best actions on the store broker out.
+"""The decision stage's loop: moments in the store in; next best actions on the store broker out.
 
-Three triggers, each within the shopper's consent (gateway/identity/shoppers.py):
+Three triggers, each within the shopper's consent (gateway/shoppers.py):
 
 - **Arrival** (a visit starts: BLE, a loyalty scan, a kiosk, the app via HQ) of a
   shopper with ``associate_assist``: the associates' tablets get the shopper's
@@ -24,7 +24,11 @@ is a conversion, sent upstream with its arm; each experiment's per-arm summary
 goes up every ``decision.summary_interval_s``.
 
 Work is queued (bounded: the oldest trigger is dropped, counted) and handled by
-one task; inference runs on the ranker's own thread, never on the loop.
+one task; inference runs on the ranker's own thread, never on the loop. What it
+decides leaves as this module's records (``Decision``, ``Shown``, ``Impression``,
+``Converted``, ``Summary``) through two ports: ``StoreDisplay`` for the store's
+devices and ``UpstreamSink`` for HQ; ``gateway/publish/payloads.py`` alone turns
+them into payloads.
 """
 
 from __future__ import annotations
@@ -32,29 +36,36 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
-import json
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.clock import Clock
-from gateway.config import GatewayConfig
+from gateway.config import DecisionSection, ExperimentSection
 from gateway.decision import experiments as ex
 from gateway.decision import rules as rl
 from gateway.decision.features import features_from_attributes
 from gateway.decision.ranker import DecisionRanker
-from gateway.events import BasketChanged, CheckoutCompleted, PosNotice, UpEvent
+from gateway.decision.records import (
+    ARRIVAL,
+    BASKET,
+    DWELL,
+    Converted,
+    Decision,
+    Impression,
+    Shown,
+    Summary,
+)
+from gateway.events import BasketChanged, CheckoutCompleted, DownlinkApplied, PosNotice
 from gateway.identity.presence import PresenceEvent
 from gateway.identity.visits import VisitEvent
 from gateway.log import get_logger
-from gateway.publish import topics
-from gateway.publish.outbox import UpstreamSender
+from gateway.ports import ShopperLookup, StoreDisplay, UpstreamSink
 
 QUEUE_MAX = 1000
-ARRIVAL, DWELL, BASKET = "arrival", "dwell", "basket"
 # The rules' output for each trigger (its consent scope: gateway/decision/rules.py).
 OUTPUT: dict[str, Any] = {ARRIVAL: "associate", DWELL: "screen", BASKET: "lane"}
 # Basket changes worth a new suggestion (a total or a tender line changes nothing).
@@ -79,6 +90,8 @@ def default_bundle_dir() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class Trigger:
+    """A moment worth a decision: an arrival, a dwell, or a basket change at a lane."""
+
     kind: str  # ARRIVAL, DWELL, BASKET
     ts: float
     shopper: str | None = None
@@ -89,33 +102,30 @@ class Trigger:
 
 
 class DecisionFlow:
-    """Triggers -> ranker -> rules -> experiment -> store broker and outbox."""
+    """Triggers -> ranker -> rules -> experiment -> the store's devices and HQ."""
 
     def __init__(
         self,
-        cfg: GatewayConfig,
+        cfg: DecisionSection,
+        experiments: tuple[ExperimentSection, ...],
         clock: Clock,
-        outbox: Any,
-        publish: Callable[[str, bytes, bool], Any],
+        ranker: DecisionRanker,
         *,
-        shoppers: Any | None = None,
-        pos: Any | None = None,
+        display: StoreDisplay,
+        upstream: UpstreamSink,
+        shoppers: ShopperLookup | None = None,
+        lane_zones: Mapping[str, str] | None = None,
         stock: dict[str, float] | None = None,
     ) -> None:
-        self.cfg = cfg
-        self.dcfg = cfg.decision
+        self.dcfg = cfg
         self.clock = clock
-        self.outbox = outbox
-        self.publish = publish
+        self.ranker = ranker
+        self.display = display
+        self.upstream = upstream
         self.shoppers = shoppers
         self.stock: dict[str, float] = stock if stock is not None else {}
         self._log = get_logger("decision")
-        self.ranker = DecisionRanker(
-            self.dcfg.bundle_dir or default_bundle_dir(),
-            trusted_keys=list(self.dcfg.trusted_keys),
-            threads=self.dcfg.threads,
-        )
-        self.lane_zones = {lane.id: lane.zone for lane in cfg.lanes}
+        self.lane_zones = dict(lane_zones or {})
         self.caps = rl.VisitCaps(
             rl.CapParams(
                 item_shows_per_visit=self.dcfg.item_cap_per_visit,
@@ -125,7 +135,7 @@ class DecisionFlow:
         self.exclusions = rl.Exclusions.build(
             items=self.dcfg.exclude_items, prefixes=self.dcfg.exclude_prefixes
         )
-        self.experiments = [ex.Experiment.from_config(e) for e in cfg.experiments]
+        self.experiments = [ex.Experiment.from_config(e) for e in experiments]
         self.attribution = ex.Attribution(
             ex.AttributionParams(bucket_s=self.dcfg.summary_interval_s)
         )
@@ -138,16 +148,11 @@ class DecisionFlow:
         self.dropped = 0
         self.conversions = 0
         self.errors = 0
-        self._sender = UpstreamSender(outbox, "decision_event", self._log)
-        self._upstream = self._sender.send
-        if shoppers is not None:
-            shoppers.subscribe(self.on_shopper_event)
-        if pos is not None:
-            pos.subscribe(self.on_pos_notice)
 
     # -- inputs (on the loop) -----------------------------------------------------------
 
     def on_shopper_event(self, ev: PresenceEvent | VisitEvent) -> None:
+        """A presence or visit event from the shopper flow (its ``events`` fan-out)."""
         if isinstance(ev, VisitEvent):
             if ev.kind == "visit_started" and self.dcfg.on_arrival:
                 zone = ev.zones[0] if ev.zones else None
@@ -159,10 +164,10 @@ class DecisionFlow:
                 self.caps.end_visit(ev.visit_id)
             return
         if ev.kind == "dwelled" and self.dcfg.on_dwell:
-            visit = self.shoppers.visits.visit_of(ev.shopper) if self.shoppers else None
-            self._push(Trigger(DWELL, ev.ts, shopper=ev.shopper, visit=visit, zone=ev.zone))
+            self._push(Trigger(DWELL, ev.ts, shopper=ev.shopper, visit=ev.visit, zone=ev.zone))
 
     def on_pos_notice(self, notice: PosNotice) -> None:
+        """A basket change or a completed checkout from the checkout flow."""
         if isinstance(notice, BasketChanged):
             if (
                 self.dcfg.on_basket
@@ -184,12 +189,19 @@ class DecisionFlow:
         elif isinstance(notice, CheckoutCompleted):
             self._checkout(notice)
 
+    def on_downlink(self, changes: DownlinkApplied) -> None:
+        """A committed downlink batch: erasures and stock levels."""
+        if changes.erased:
+            self.on_erased(set(changes.erased))
+        if changes.stock or changes.stock_replaced:
+            self.on_stock(changes.stock, changes.stock_replaced)
+
     def on_erased(self, shoppers: set[str]) -> None:
         """Opt-out: forget what was recommended to them (unsent events go with the outbox)."""
         for shopper in shoppers:
             self.attribution.forget_shopper(shopper)
 
-    def on_stock(self, levels: dict[str, float], replaced: bool) -> None:
+    def on_stock(self, levels: Mapping[str, float], replaced: bool) -> None:
         """HQ's inventory downlink committed (gateway/publish/downlink.py)."""
         if replaced:
             self.stock.clear()
@@ -206,6 +218,7 @@ class DecisionFlow:
     # -- tasks --------------------------------------------------------------------------
 
     def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
+        """The coroutines the composition root runs: decisions and experiment summaries."""
         return {"decisions": self._run(), "experiment-summary": self._summary_loop()}
 
     async def _run(self) -> None:
@@ -234,20 +247,15 @@ class DecisionFlow:
         at shutdown); how many."""
         rows = self.attribution.flush(self.clock.wall(), everything=final)
         for row in rows:
-            self._upstream(UpEvent.of("experiment_summary", row, self.clock.wall()))
+            self.upstream.send(Summary(row, self.clock.wall()))
         return len(rows)
 
     # -- deciding -----------------------------------------------------------------------
 
-    def _consented(self, shopper: str | None, scope: str) -> bool:
-        if shopper is None or self.shoppers is None:
-            return False
-        return bool(self.shoppers.directory.allows(shopper, scope, self.clock.wall()))
-
     def _features(self, shopper: str | None) -> Any:
         if shopper is None or self.shoppers is None:
             return None
-        profile = self.shoppers.directory.profile(shopper)
+        profile = self.shoppers.profile(shopper)
         if profile is None:
             return None
         return features_from_attributes(profile.attributes.get("features"))
@@ -260,12 +268,12 @@ class DecisionFlow:
         arm = ex.assign(exp, shopper)
         return exp.id, arm, exp.plan(arm)
 
-    async def decide(self, trigger: Trigger) -> dict[str, Any] | None:
+    async def decide(self, trigger: Trigger) -> Decision | None:
         """One trigger end to end; the decision record (None when refused)."""
         now = self.clock.wall()
         output = OUTPUT[trigger.kind]
         consent = (
-            self.shoppers.directory.consent(trigger.shopper)
+            self.shoppers.consent(trigger.shopper)
             if self.shoppers is not None and trigger.shopper is not None
             else None
         )
@@ -315,99 +323,83 @@ class DecisionFlow:
         if decision.refused:  # the consent or the cap changed while the ranker ran
             self.refused[str(decision.refusal)] += 1
             return None
-        items = list(decision.item_ids)
+        items = tuple(decision.item_ids)
         shown = plan.shown and bool(items)
-        decision_id = secrets.token_hex(8)
-        record = {
-            "decision": decision_id,
-            "trigger": trigger.kind,
-            "shopper": trigger.shopper if trigger.kind != DWELL else None,
-            "visit": trigger.visit if trigger.kind != DWELL else None,
-            "zone": trigger.zone,
-            "lane": trigger.lane,
-            "experiment": experiment,
-            "arm": arm,
-            "shown": shown,
-            "items": items,
-            "reasons": {p.item: list(p.reasons) for p in decision.items},
-            "dropped": dict(collections.Counter(d.reason for d in decision.dropped)),
-            "source": rec.source,
-            "fallback_reason": rec.reason,
-            "model_version": self.ranker.version,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-        }
+        public = trigger.kind == DWELL
+        record = Decision(
+            decision=secrets.token_hex(8),
+            trigger=trigger.kind,
+            shopper=None if public else trigger.shopper,
+            visit=None if public else trigger.visit,
+            zone=trigger.zone,
+            lane=trigger.lane,
+            experiment=experiment,
+            arm=arm,
+            shown=shown,
+            items=items,
+            reasons={p.item: tuple(p.reasons) for p in decision.items},
+            dropped=dict(collections.Counter(d.reason for d in decision.dropped)),
+            source=rec.source,
+            fallback_reason=rec.reason,
+            model_version=self.ranker.version,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            ts=now,
+        )
         self.decisions[f"{trigger.kind}:{rec.source}"] += 1
         assert trigger.visit is not None  # refused above otherwise
         # Recorded for the holdout too: its caps and attach rate compare with the arms'.
-        self.caps.record(trigger.visit, trigger.kind, items, now)
+        self.caps.record(trigger.visit, trigger.kind, list(items), now)
         if experiment is not None and trigger.shopper is not None:
             self.attribution.record(
-                trigger.visit, trigger.shopper, arm or "", experiment, items, now, shown=shown
+                trigger.visit, trigger.shopper, arm or "", experiment, list(items), now, shown=shown
             )
-        subject = trigger.shopper if trigger.kind != DWELL else None
-        self._upstream(UpEvent.of("decision", record, now, subject=subject))
+        self.upstream.send(record)
         if shown:
-            self._show(trigger, items, rec.source, decision_id, now)
+            self._show(trigger, record)
         return record
 
-    def _show(
-        self, trigger: Trigger, items: list[str], source: str, decision: str, now: float
-    ) -> None:
-        if trigger.kind == ARRIVAL:
-            topic = topics.ASSOCIATE_ALERTS
-            payload: dict[str, Any] = {
-                "v": 1,
-                "type": "next_best_action",
-                "trigger": "arrival",
-                "shopper": trigger.shopper,
-                "visit": trigger.visit,
-                "zone": trigger.zone,
-                "items": items,
-                "decision": decision,
-                "ts": now,
-            }
-            retain = False
-        elif trigger.kind == DWELL:
-            assert trigger.zone is not None
-            topic = topics.zone_screen(trigger.zone)
-            payload = {"v": 1, "zone": trigger.zone, "items": items, "ts": now}
-            retain = True
-        else:
-            assert trigger.lane is not None
-            topic = topics.lane_display(trigger.lane)
-            payload = {
-                "v": 1,
-                "lane": trigger.lane,
-                "suggestions": items,
-                "basket_items": len(trigger.basket),
-                "ts": now,
-            }
-            retain = False
-        self.publish(topic, json.dumps(payload, separators=(",", ":")).encode(), retain)
+    def _show(self, trigger: Trigger, record: Decision) -> None:
+        associates = trigger.kind == ARRIVAL
+        self.display.show(
+            Shown(
+                trigger=trigger.kind,
+                decision=record.decision,
+                items=record.items,
+                ts=record.ts,
+                zone=trigger.zone,
+                lane=trigger.lane,
+                shopper=trigger.shopper if associates else None,
+                visit=trigger.visit if associates else None,
+                basket_items=len(trigger.basket),
+            )
+        )
         self.published[trigger.kind] += 1
-        impression = {
-            "decision": decision,
-            "output": trigger.kind,
-            "zone": trigger.zone,
-            "lane": trigger.lane,
-            "items": items,
-            "source": source,
-        }
-        subject = trigger.shopper if trigger.kind != DWELL else None
-        self._upstream(UpEvent.of("impression", impression, now, subject=subject))
+        self.upstream.send(
+            Impression(
+                decision=record.decision,
+                output=trigger.kind,
+                zone=trigger.zone,
+                lane=trigger.lane,
+                items=record.items,
+                source=record.source,
+                shopper=None if trigger.kind == DWELL else trigger.shopper,
+                ts=record.ts,
+            )
+        )
 
     def _checkout(self, notice: CheckoutCompleted) -> None:
         items = [i.code for i in notice.items if i.code]
         if notice.status != "complete" or not items:
             return
         local = dt.datetime.fromtimestamp(notice.ts, dt.UTC).astimezone()
-        self.ranker.observe_purchase(self.lane_zones.get(notice.lane), local.hour, items)
+        self.ranker.observe_purchase(
+            self.lane_zones.get(notice.lane) if notice.lane else None, local.hour, items
+        )
         if notice.visit is None:
             return
         for conv in self.attribution.on_purchase(notice.visit, items, notice.ts):
             self.conversions += 1
-            data = {**conv.as_dict(), "lane": notice.lane, "transaction": notice.transaction}
-            self._upstream(UpEvent.of("conversion", data, notice.ts, subject=conv.shopper))
+            self.upstream.send(Converted(conv, notice.lane, notice.transaction, notice.ts))
 
     # -- health -------------------------------------------------------------------------
 
@@ -425,6 +417,5 @@ class DecisionFlow:
             "errors": self.errors,
             "stock_items": len(self.stock),
             "experiments": [e.id for e in self.experiments],
-            "upstream": self._sender.committed,
-            "upstream_rejected": self._sender.rejected,
+            **self.upstream.stats(),
         }

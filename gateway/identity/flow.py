@@ -1,4 +1,4 @@
-"""The shopper flow: adverts in; opted-in shoppers' zones and visits out.
+"""The identity stage's loop: adverts in; opted-in shoppers' zones and visits out.
 
 Every scanner (the Pi's radio, each ESP32 satellite) hands each advert to
 ``on_advert``, which resolves it on the spot: an advert that does not resolve
@@ -10,20 +10,31 @@ task keeps the token and EID tables current: rebuilt off the event loop
 ``ble.rebuild_ahead_s`` before each 15-minute window change and swapped in at
 the change, and rebuilt soon after HQ changes profiles. An opt-out drops the
 shopper from the tables, the tracker and the visit book at once.
+
+Later stages reach it through two ports (gateway/ports.py): ``ShopperLookup``
+(consent, scopes, profile, open visit) and ``ShopperIdentification`` (a loyalty
+scan or a kiosk made a shopper known); they hear its presence and visit events
+through ``events``, and what goes to HQ leaves through an ``UpstreamSink``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import functools
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
 from gateway.clock import Clock
-from gateway.config import GatewayConfig
-from gateway.events import Sighting, UpEvent
+from gateway.config import (
+    BleSection,
+    PresenceSection,
+    ReferenceBeaconSection,
+    SatelliteSection,
+)
+from gateway.events import DownlinkApplied, Sighting
 from gateway.identity.directory import ShopperDirectory
 from gateway.identity.presence import (
     PresenceEvent,
@@ -32,11 +43,11 @@ from gateway.identity.presence import (
     ReferenceBeacon,
 )
 from gateway.identity.resolver import AdvertResolver, build_eid_table, build_ibeacon_table
-from gateway.identity.shoppers import Consent, Profile
 from gateway.identity.tokens import WINDOW_S, table_windows, window_of, window_tokens
 from gateway.identity.visits import VisitEvent, VisitParams, VisitTracker
 from gateway.log import get_logger
-from gateway.publish.outbox import UpstreamSender
+from gateway.ports import Fanout, UpstreamSink
+from gateway.shoppers import Consent, Profile
 
 # The presence tracker's clock: absences, dwells and stale readings are judged
 # once a second (PresenceTracker.tick's own advice).
@@ -48,59 +59,67 @@ REBUILD_DEBOUNCE_S = 1.0
 # burst never holds up MQTT and the outbox for more than a few milliseconds.
 BATCH = 512
 # The one "shopper" scope that lets presence and visits go to HQ: knowing
-# where someone walked is analytics (consent scopes: gateway/identity/shoppers.py).
+# where someone walked is analytics (consent scopes: gateway/shoppers.py).
 UPSTREAM_SCOPE = "analytics"
 PI_SCANNER = "pi"
 
 
-def scanner_zones(cfg: GatewayConfig) -> dict[str, str]:
+def scanner_zones(ble: BleSection, satellites: Iterable[SatelliteSection]) -> dict[str, str]:
     """Each scanner id -> its zone: the Pi's radio when enabled, and every satellite."""
-    zones = {PI_SCANNER: cfg.ble.zone} if cfg.ble.enabled else {}
-    zones.update({s.id: s.zone for s in cfg.satellites})
+    zones = {PI_SCANNER: ble.zone} if ble.enabled else {}
+    zones.update({s.id: s.zone for s in satellites})
     return zones
 
 
 class ShopperFlow:
     """From adverts to presence and visit events, for every scanner in the store."""
 
-    def __init__(self, cfg: GatewayConfig, clock: Clock, outbox: Any) -> None:
+    def __init__(
+        self,
+        ble: BleSection,
+        satellites: tuple[SatelliteSection, ...],
+        reference_beacons: tuple[ReferenceBeaconSection, ...],
+        presence: PresenceSection,
+        clock: Clock,
+        upstream: UpstreamSink,
+    ) -> None:
         self.clock = clock
-        self.outbox = outbox
-        self.cfg = cfg
+        self.upstream = upstream
+        self.zones = scanner_zones(ble, satellites)
+        self._rebuild_ahead_s = ble.rebuild_ahead_s
         self.directory = ShopperDirectory()
         self.resolver = AdvertResolver(
-            cfg.ble.company_id,
+            ble.company_id,
             {
                 (bytes.fromhex(b.uuid.replace("-", "")), b.major, b.minor): b.id
-                for b in cfg.reference_beacons
+                for b in reference_beacons
             },
         )
         params = PresenceParams(
-            margin_db=cfg.presence.margin_db,
-            min_dwell_s=cfg.presence.min_dwell_s,
-            dwelled_after_s=cfg.presence.dwelled_after_s,
-            left_after_s=cfg.presence.left_after_s,
+            margin_db=presence.margin_db,
+            min_dwell_s=presence.min_dwell_s,
+            dwelled_after_s=presence.dwelled_after_s,
+            left_after_s=presence.left_after_s,
         )
-        offsets = {s.id: s.rssi_offset_db for s in cfg.satellites if s.rssi_offset_db}
-        if cfg.ble.enabled and cfg.ble.rssi_offset_db:
-            offsets[PI_SCANNER] = cfg.ble.rssi_offset_db
+        offsets = {s.id: s.rssi_offset_db for s in satellites if s.rssi_offset_db}
+        if ble.enabled and ble.rssi_offset_db:
+            offsets[PI_SCANNER] = ble.rssi_offset_db
         # No scanner (POS lanes only): no presence, but visits still open on a loyalty scan.
         self.tracker: PresenceTracker | None = (
             PresenceTracker(
-                scanner_zones(cfg),
+                self.zones,
                 params,
                 offsets,
                 beacons=[
-                    ReferenceBeacon(b.id, b.scanner, b.expected_rssi_dbm)
-                    for b in cfg.reference_beacons
+                    ReferenceBeacon(b.id, b.scanner, b.expected_rssi_dbm) for b in reference_beacons
                 ],
             )
-            if scanner_zones(cfg)
+            if self.zones
             else None
         )
-        self.visits = VisitTracker(VisitParams(visit_gap_s=cfg.presence.visit_gap_s))
+        self.visits = VisitTracker(VisitParams(visit_gap_s=presence.visit_gap_s))
         self._queue: collections.deque[Sighting] = collections.deque()
-        self._queue_max = cfg.ble.queue_max
+        self._queue_max = ble.queue_max
         self._wake = asyncio.Event()
         self._dirty = asyncio.Event()
         self._erased_during_build: set[str] = set()
@@ -113,16 +132,13 @@ class ShopperFlow:
         self._building = False
         self._log = get_logger("shoppers")
         self.shed = 0
-        self._sender = UpstreamSender(outbox, "presence_event", self._log)
-        self._upstream = self._sender.send
         self.table_window: int | None = None
         self.last_rebuild_ms = 0.0
         self.rebuilds = 0
         self.erased = 0
-        self.events: collections.Counter[str] = collections.Counter()
+        self.counts: collections.Counter[str] = collections.Counter()
         # Later stages (the decision engine) hear every presence and visit event.
-        self._subscribers: list[Callable[[PresenceEvent | VisitEvent], None]] = []
-        self.subscriber_errors = 0
+        self.events: Fanout[PresenceEvent | VisitEvent] = Fanout("shopper")
         # The hot path: ``on_advert(scanner, manufacturer_data, service_data, rssi, ts)``
         # resolves on the spot and queues only what resolved.
         self.on_advert = self.resolver.handler(self._accept)
@@ -164,6 +180,10 @@ class ShopperFlow:
             self._keys_version += 1
             self._dirty.set()
 
+    def on_downlink(self, changes: DownlinkApplied) -> None:
+        """A committed downlink batch (the downlink's fan-out): profiles, consent, erasures."""
+        self.on_changes(changes.profiles, changes.consents, changes.erased)
+
     def forget(self, shoppers: set[str]) -> None:
         """Opt-out: tokens stop resolving, presence and visits drop the shopper, unsent
         sightings of theirs are discarded."""
@@ -183,17 +203,27 @@ class ShopperFlow:
 
     # -- tasks ------------------------------------------------------------------------
 
-    def subscribe(self, fn: Callable[[PresenceEvent | VisitEvent], None]) -> None:
-        """Call ``fn`` on the loop with every presence and visit event, as they happen."""
-        self._subscribers.append(fn)
+    # -- the ports later stages hold (ShopperLookup, ShopperIdentification) -------------
 
-    def _notify(self, ev: PresenceEvent | VisitEvent) -> None:
-        for fn in self._subscribers:
-            try:
-                fn(ev)
-            except Exception as exc:  # noqa: BLE001 - a later stage's bug must not stop presence
-                self.subscriber_errors += 1
-                self._log.error("shopper_subscriber_failed", error=repr(exc))
+    def consent(self, shopper: str) -> Consent | None:
+        """The shopper's consent, or None."""
+        return self.directory.consent(shopper)
+
+    def allows(self, shopper: str, scope: str, now_s: float) -> bool:
+        """True when the shopper's live consent includes ``scope``."""
+        return self.directory.allows(shopper, scope, now_s)
+
+    def profile(self, shopper: str) -> Profile | None:
+        """The shopper's profile as HQ sent it, or None."""
+        return self.directory.profile(shopper)
+
+    def visit_of(self, shopper: str) -> str | None:
+        """The shopper's open visit, or None."""
+        return self.visits.visit_of(shopper)
+
+    def by_loyalty(self, loyalty_hash: str, now_s: float) -> str | None:
+        """The opted-in shopper with live consent whose salted loyalty hash this is."""
+        return self.directory.by_loyalty(loyalty_hash, now_s)
 
     def identify(self, shopper: str, source: str, ts: float, zone: str | None = None) -> str | None:
         """A shopper identified themselves (a POS loyalty scan, a kiosk): their visit id.
@@ -209,8 +239,9 @@ class ShopperFlow:
         return self.visits.visit_of(shopper)
 
     def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
+        """The coroutines the composition root runs: presence, and the token tables."""
         tasks = {"presence": self._presence_loop()}
-        if scanner_zones(self.cfg):
+        if self.zones:
             # Without a scanner there are no tokens to resolve (POS lanes only).
             tasks["token-tables"] = self._table_loop()
         return tasks
@@ -252,36 +283,19 @@ class ShopperFlow:
     def handle(self, events: list[PresenceEvent]) -> None:
         """Presence events -> the visit book, and both upstream within consent."""
         for ev in events:
-            self.events[ev.kind] += 1
-            visit_events = self.visits.on_presence(ev)
-            self._send_visits(visit_events)
-            self._notify(ev)
+            self.counts[ev.kind] += 1
+            self._send_visits(self.visits.on_presence(ev))
+            ev = dataclasses.replace(ev, visit=self.visits.visit_of(ev.shopper))
+            self.events.emit(ev)
             if self.directory.allows(ev.shopper, UPSTREAM_SCOPE, self.clock.wall()):
-                data = {
-                    "event": ev.kind,
-                    "shopper": ev.shopper,
-                    "visit": self.visits.visit_of(ev.shopper),
-                    "zone": ev.zone,
-                    "previous_zone": ev.previous_zone,
-                    "dwell_s": round(ev.dwell_s, 1),
-                    "visit_s": round(ev.visit_s, 1),
-                }
-                self._upstream(UpEvent.of("presence", data, ev.ts, subject=ev.shopper))
+                self.upstream.send(ev)
 
     def _send_visits(self, events: list[VisitEvent]) -> None:
         for ev in events:
-            self.events[ev.kind] += 1
-            self._notify(ev)
+            self.counts[ev.kind] += 1
+            self.events.emit(ev)
             if self.directory.allows(ev.shopper, UPSTREAM_SCOPE, self.clock.wall()):
-                data = {
-                    "event": ev.kind,
-                    "shopper": ev.shopper,
-                    "visit": ev.visit_id,
-                    "sources": list(ev.sources),
-                    "zones": list(ev.zones),
-                    "duration_s": round(ev.duration_s, 1),
-                }
-                self._upstream(UpEvent.of("visit", data, ev.ts, subject=ev.shopper))
+                self.upstream.send(ev)
 
     async def _table_loop(self) -> None:
         while True:
@@ -292,7 +306,7 @@ class ShopperFlow:
                 await self.rebuild(window)
                 continue
             change_at = (window + 1) * WINDOW_S
-            wait_s = change_at - self.cfg.ble.rebuild_ahead_s - now
+            wait_s = change_at - self._rebuild_ahead_s - now
             if wait_s > 0:
                 try:
                     async with asyncio.timeout(wait_s):
@@ -368,10 +382,9 @@ class ShopperFlow:
             "table_window": self.table_window,
             "last_rebuild_ms": round(self.last_rebuild_ms, 1),
             "rebuilds": self.rebuilds,
-            "events": dict(self.events),
-            "upstream": self._sender.committed,
-            "upstream_rejected": self._sender.rejected,
-            "subscriber_errors": self.subscriber_errors,
+            "events": dict(self.counts),
+            **self.upstream.stats(),
+            "subscriber_errors": self.events.errors,
             "presence": self.tracker.stats() if self.tracker is not None else None,
             "visits": self.visits.stats(),
         }

@@ -4,7 +4,7 @@ Two private Mosquitto brokers ("store" and "HQ") on free loopback ports, the
 real daemon as a child process on a temporary config with a scripted event
 source, opted-in and foreign shoppers walking past a replayed radio and three
 satellites, a checkout lane on a real pty where receipts are scanned item by
-item (gateway/demo_pos.py), a live view from the store broker's health topic,
+item (gateway/demo/pos.py), a live view from the store broker's health topic,
 an HQ outage in the middle (the outbox fills, then drains), and a summary of
 what was produced, what HQ received and what was lost.
 """
@@ -26,10 +26,10 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from gateway.demo_decisions import StoreView, demo_features, experiment_for
-from gateway.demo_pos import SALT as LOYALTY_SALT
-from gateway.demo_pos import DemoTill
-from gateway.demo_shoppers import DemoShoppers
+from gateway.demo.decisions import StoreView, demo_features, experiment_for
+from gateway.demo.pos import SALT as LOYALTY_SALT
+from gateway.demo.pos import DemoTill
+from gateway.demo.shoppers import DemoShoppers
 from gateway.publish import topics
 from gateway.testing.daemon import GatewayProcess, config_text, gateway_sections
 from gateway.testing.hq import HqReceiver

@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway.decision import experiments as ex
 from gateway.decision.features import ShopperFeatures, features_to_attributes
-from gateway.decision_flow import default_bundle_dir
+from gateway.decision.flow import default_bundle_dir
 from gateway.publish import topics
 
 EXPERIMENT_ID = "demo-nba"

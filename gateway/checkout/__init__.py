@@ -1,0 +1,1 @@
+"""Checkout: each lane's receipts become live baskets, loyalty links and sales."""
