@@ -222,7 +222,6 @@ class PresenceEvent:
     previous_zone: str | None = None  # zone_changed: the zone left behind
     dwell_s: float = 0.0  # zone_changed/left: time spent in the zone left; dwelled: so far
     visit_s: float = 0.0  # time since the shopper was first heard (left: until last heard)
-    lead_db: float | None = None  # the zone's lead over the runner-up; None when alone
     # The shopper's open visit, set by the shopper flow once the visit book has seen the
     # event (the tracker knows nothing of visits): later stages need not look it up.
     visit: str | None = None
@@ -245,7 +244,8 @@ class Calibrator:
     through shelves and people, at distances nobody measured). A scanner with
     several beacons gets the mean of their offsets. A beacon that falls silent
     keeps its last offset: receivers do not drift, and a silent beacon shows in
-    ``beacon_status()`` with its age so that health can flag it.
+    ``beacon_status()`` (the tracker's ``stats()["beacons"]``, so health) with the
+    age of its last reading.
     """
 
     def __init__(self, beacons: Iterable[ReferenceBeacon], params: PresenceParams) -> None:
@@ -299,11 +299,12 @@ class Calibrator:
         limit = self._params.max_offset_db
         return min(limit, max(-limit, self._beacons[beacon_id].expected_rssi_dbm - observed))
 
-    def beacon_status(self, now_s: float) -> dict[str, dict[str, Any]]:
+    def beacon_status(self, now_s: float | None) -> dict[str, dict[str, Any]]:
         """Per beacon: readings held, its own offset, seconds since its last reading.
 
         An offset at ``max_offset_db`` means a misplaced beacon or a broken
-        scanner; an age of minutes means a flat battery (None: never heard).
+        scanner; an age of minutes means a flat battery (None: never heard, or
+        ``now_s`` None because time has not started).
         """
         return {
             beacon_id: {
@@ -311,7 +312,11 @@ class Calibrator:
                 "readings": self._count[beacon_id],
                 "offset_db": self._beacon_offset(beacon_id),
                 "age_s": (
-                    round(now_s - self._last_s[beacon_id], 1) if beacon_id in self._last_s else None
+                    # A reading may be stamped up to max_future_s ahead of the last
+                    # tick; it is fresh, not from the future.
+                    round(max(0.0, now_s - self._last_s[beacon_id]), 1)
+                    if now_s is not None and beacon_id in self._last_s
+                    else None
                 ),
             }
             for beacon_id, beacon in self._beacons.items()
@@ -526,9 +531,7 @@ class PresenceTracker:
                 sh.zone = best_zone
                 sh.zone_since_s = sh.first_s
                 sh.dwelled = False
-                self._emit(
-                    out, "arrived", shopper_id, best_zone, now, lead_db=_lead(scores, best_zone)
-                )
+                self._emit(out, "arrived", shopper_id, best_zone, now)
             return
         current = scores.get(sh.zone, -math.inf)
         if best_zone != sh.zone and best - current >= p.margin_db:
@@ -547,7 +550,6 @@ class PresenceTracker:
                     previous_zone=previous,
                     dwell_s=max(0.0, entered - sh.zone_since_s),
                     visit_s=now - sh.first_s,
-                    lead_db=_lead(scores, best_zone),
                 )
                 sh.zone = best_zone
                 sh.zone_since_s = entered
@@ -631,6 +633,8 @@ class PresenceTracker:
             "evicted": self._evicted,
             "bad_ticks": self._bad_ticks,
             "offsets_db": {k: round(v, 1) for k, v in self._offsets.items()},
+            # Aged at the last tick: stats() takes no time, and ticks come every second.
+            "beacons": self.calibrator.beacon_status(self._clock_s),
         }
 
     # -- internals ----------------------------------------------------------------
@@ -668,11 +672,3 @@ class PresenceTracker:
         shopper_id = next(iter(self._shoppers))
         self._evicted += 1
         self._leave(shopper_id, now, out)
-
-
-def _lead(scores: Mapping[str, float], best_zone: str) -> float | None:
-    """How far the best zone leads the runner-up (None when only one zone hears)."""
-    if len(scores) < 2:
-        return None
-    runner_up = max(v for zone, v in scores.items() if zone != best_zone)
-    return round(scores[best_zone] - runner_up, 1)

@@ -8,7 +8,7 @@ Everything else is foreign and only counted: the resolver keeps nothing of an
 advert it could not resolve, not even in its counters (they count, they do not
 remember).
 
-The tables are built off the event loop (``build_eid_table``, ``tokens.build_table``)
+The tables are built off the event loop (``build_eid_table``, ``tokens.window_tokens``)
 and swapped in whole with ``install``; an opt-out drops a shopper at once with
 ``forget``.
 
@@ -197,14 +197,6 @@ class AdvertResolver:
             resolver.foreign += 1
 
         return on_advert
-
-    def resolve(
-        self, manufacturer_data: Mapping[int, bytes], service_data: Mapping[str, bytes]
-    ) -> Sighting | None:
-        """One advert, outside the hot path (tests, tools): its sighting by scanner "-", or None."""
-        got: list[Sighting] = []
-        self.handler(got.append)("-", manufacturer_data, service_data, 0.0, 0.0)
-        return got[0] if got else None
 
     def stats(self) -> dict[str, Any]:
         """Counts only: nothing here names a device or a shopper."""

@@ -3,11 +3,12 @@
 A shopper's app derives ``day_key = HKDF-SHA256(root_key, info="store-gateway/day/"
 + "YYYY-MM-DD")`` and broadcasts ``HMAC-SHA256(day_key, b"tok1" || window)[:8]``
 for ``window = floor(unix / 900)``. A store holds day keys only (today and
-tomorrow), so it can compute every opted-in shopper's token ahead of time: the
-``TokenTable`` maps the tokens of windows w-1, w and w+1 to shopper ids, and
-resolving an advert is one dict lookup. The table for the next window is
-computed off the event loop before the window changes (``build_table``) and
-swapped in whole.
+tomorrow), so it can compute every opted-in shopper's token ahead of time: a
+table maps the tokens of windows w-1, w and w+1 to shopper ids (``build_table``;
+the shopper flow builds it one window at a time with ``window_tokens``), and
+resolving an advert is one dict lookup in ``gateway/identity/resolver.py``. The
+table for the next window is computed off the event loop before the window
+changes and swapped in whole.
 
 Pure: no asyncio, no I/O; time comes in as a parameter.
 """
@@ -101,26 +102,3 @@ def build_table(
     for w in table_windows(center_window):
         table.update(window_tokens(keys, w))
     return table
-
-
-class TokenTable:
-    """The current token -> shopper map, for one window; swapped whole, never edited in place
-    except to drop erased shoppers."""
-
-    __slots__ = ("center_window", "tokens")
-
-    def __init__(self, tokens: dict[bytes, str], center_window: int) -> None:
-        self.tokens = tokens
-        self.center_window = center_window
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def drop(self, shoppers: set[str]) -> int:
-        """Remove every token of ``shoppers`` (opt-out): they stop resolving at once."""
-        if not shoppers:
-            return 0
-        gone = [t for t, s in self.tokens.items() if s in shoppers]
-        for t in gone:
-            del self.tokens[t]
-        return len(gone)

@@ -456,11 +456,7 @@ class Transaction:
     loyalty: str | None = field(default=None, repr=False)
     total: str | None = None
     totals_match: bool | None = None
-    started_ts: float = 0.0
-    ended_ts: float | None = None
     reason: str | None = None
-    tender_seen: bool = False
-    subtotal: str | None = None
     taxes: list[str | None] = field(default_factory=list)
     tender_types: list[str] = field(default_factory=list)
     # Lines not kept because the transaction reached the dialect's max_items.
@@ -587,11 +583,6 @@ class TransactionEngine:
             if getattr(dialect.patterns, kind)
         )
 
-    @property
-    def open_transaction(self) -> Transaction | None:
-        """A snapshot of the open transaction, if any."""
-        return None if self._txn is None else self._txn.snapshot()
-
     # --- the port ---
 
     def feed(self, tokens: Iterable[Token]) -> list[PosEvent]:
@@ -716,7 +707,7 @@ class TransactionEngine:
             if self._txn is not None:
                 self._end("incomplete", "new_start", ts, events)
             number = _text(m.group("transaction")) if "transaction" in m.re.groupindex else None
-            self._txn = Transaction(number=number, started_ts=ts)
+            self._txn = Transaction(number=number)
             self._last_ts = ts
             self._counts["started"] += 1
             self._changed("started", ts, events)
@@ -878,7 +869,7 @@ class TransactionEngine:
 
     def _on_subtotal(self, m: re.Match[str], ts: float, events: list[PosEvent]) -> None:
         assert self._txn is not None
-        self._txn.subtotal = self._money(m, "amount")
+        self._money(m, "amount")  # checked, so a bad number is counted; nothing keeps it
         self._changed("subtotal", ts, events)
 
     def _on_tax(self, m: re.Match[str], ts: float, events: list[PosEvent]) -> None:
@@ -902,7 +893,6 @@ class TransactionEngine:
         kind = kind[:MAX_TENDER_TYPE_CHARS]
         if kind and len(txn.tender_types) < MAX_TENDER_TYPES:
             txn.tender_types.append(kind)
-        txn.tender_seen = True
         self._changed("tender", ts, events)
 
     def _on_quantity(self, m: re.Match[str], ts: float, events: list[PosEvent]) -> None:
@@ -963,7 +953,6 @@ class TransactionEngine:
         assert txn is not None
         txn.status = status
         txn.reason = reason
-        txn.ended_ts = ts
         txn.totals_match = totals_match(txn, self._d.tax_included)
         self._ended[status] += 1
         if txn.totals_match is False:
@@ -1015,10 +1004,6 @@ class DialectParser:
     @property
     def tokenizer(self) -> EscPosTokenizer:
         return self._tokenizer
-
-    @property
-    def engine(self) -> TransactionEngine:
-        return self._engine
 
     def feed(self, data: bytes, ts: float) -> list[PosEvent]:
         return self._engine.feed(self._tokenizer.feed(data, ts))

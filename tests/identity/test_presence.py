@@ -295,6 +295,27 @@ def test_reference_sightings_never_make_shopper_events() -> None:
     assert stats["rejected"] == {"unknown_beacon": 1}
 
 
+def test_stats_show_each_beacon_with_the_age_of_its_last_reading() -> None:
+    """Per reference beacon, stats() (health) give readings, offset and the age of its last
+    reading at the last tick: a beacon gone silent ages, one never heard has no age."""
+    beacons = [
+        ReferenceBeacon("ref-pi", "pi", -59.0, "entrance"),
+        ReferenceBeacon("ref-b", "sat-b", -59.0, "checkout"),
+    ]
+    tracker = PresenceTracker(ZONES, beacons=beacons)
+    for s in beacon_readings("ref-pi", "pi", -49, T0 - 100, 40):  # last reading at T0 - 61
+        tracker.observe(s)
+    assert tracker.stats()["beacons"]["ref-pi"]["age_s"] is None  # no tick yet: no clock
+    tracker.tick(T0)
+    status = tracker.stats()["beacons"]
+    assert status["ref-pi"]["offset_db"] == pytest.approx(-10.0, abs=0.5)
+    assert (status["ref-pi"]["scanner"], status["ref-pi"]["readings"]) == ("pi", 40)
+    assert status["ref-pi"]["age_s"] == 61.0
+    assert status["ref-b"] == {"scanner": "sat-b", "readings": 0, "offset_db": None, "age_s": None}
+    tracker.tick(T0 + 600)
+    assert tracker.stats()["beacons"]["ref-pi"]["age_s"] == 661.0
+
+
 def test_a_beacon_listed_in_another_zone_than_its_scanner_is_refused() -> None:
     """A beacon whose zone and scanner disagree would mis-calibrate the scanner: refused."""
     with pytest.raises(ValueError, match="zone 'produce'"):

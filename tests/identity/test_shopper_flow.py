@@ -46,6 +46,15 @@ def token_advert(root: bytes = ROOT, at: float = T0, tx: int = -59) -> dict[int,
     return {CID: shopper_token_payload(token_at(root, at), tx)}
 
 
+def resolve(
+    resolver: AdvertResolver, manufacturer: dict[int, bytes], service: dict[str, bytes]
+) -> Sighting | None:
+    """One advert through the hot path (scanner "-", rssi 0, ts 0): its sighting, or None."""
+    got: list[Sighting] = []
+    resolver.handler(got.append)("-", manufacturer, service, 0.0, 0.0)
+    return got[0] if got else None
+
+
 def make_resolver() -> AdvertResolver:
     r = AdvertResolver(CID, {(REF_UUID, 1, 7): "ref-entrance"})
     r.install(build_table([("s1", day_keys(ROOT))], window_of(T0)), {})
@@ -54,24 +63,24 @@ def make_resolver() -> AdvertResolver:
 
 def test_token_advert_resolves_to_its_shopper_with_tx_power() -> None:
     """A current token under our company id resolves to the shopper, tx power decoded."""
-    got = make_resolver().resolve(token_advert(tx=-61), {})
+    got = resolve(make_resolver(), token_advert(tx=-61), {})
     assert got == Sighting("s1", "-", 0.0, 0.0, -61, False)
 
 
 def test_previous_and_next_window_tokens_resolve() -> None:
     """Tokens of w-1 and w+1 resolve (clock skew, BlueZ's merged state); w+2 does not."""
     r = make_resolver()
-    assert r.resolve(token_advert(at=T0 - WINDOW_S), {}) is not None
-    assert r.resolve(token_advert(at=T0 + WINDOW_S), {}) is not None
-    assert r.resolve(token_advert(at=T0 + 2 * WINDOW_S), {}) is None
+    assert resolve(r, token_advert(at=T0 - WINDOW_S), {}) is not None
+    assert resolve(r, token_advert(at=T0 + WINDOW_S), {}) is not None
+    assert resolve(r, token_advert(at=T0 + 2 * WINDOW_S), {}) is None
 
 
 def test_foreign_adverts_are_only_counted() -> None:
     """An unknown token, an iBeacon nobody listed and random data resolve to nothing."""
     r = make_resolver()
-    assert r.resolve(token_advert(root=OTHER_ROOT), {}) is None
-    assert r.resolve({APPLE_COMPANY_ID: ibeacon_payload(bytes(16), 1, 2, -59)}, {}) is None
-    assert r.resolve({0x0006: b"\x01\x09\x20" + bytes(20)}, {}) is None
+    assert resolve(r, token_advert(root=OTHER_ROOT), {}) is None
+    assert resolve(r, {APPLE_COMPANY_ID: ibeacon_payload(bytes(16), 1, 2, -59)}, {}) is None
+    assert resolve(r, {0x0006: b"\x01\x09\x20" + bytes(20)}, {}) is None
     assert r.stats()["foreign_dropped"] == 3
     assert r.stats()["resolved"] == 0
 
@@ -79,13 +88,13 @@ def test_foreign_adverts_are_only_counted() -> None:
 def test_malformed_token_frame_is_counted_by_kind() -> None:
     """A frame under our company id with the wrong length is counted as malformed."""
     r = make_resolver()
-    assert r.resolve({CID: b"\x01\x02\x03"}, {}) is None
+    assert resolve(r, {CID: b"\x01\x02\x03"}, {}) is None
     assert r.stats()["malformed"] == {"shopper_token": 1}
 
 
 def test_reference_ibeacon_resolves_as_reference() -> None:
     """A listed reference beacon's iBeacon becomes a reference sighting."""
-    got = make_resolver().resolve({APPLE_COMPANY_ID: ibeacon_payload(REF_UUID, 1, 7, -59)}, {})
+    got = resolve(make_resolver(), {APPLE_COMPANY_ID: ibeacon_payload(REF_UUID, 1, 7, -59)}, {})
     assert got is not None
     assert (got.subject, got.reference, got.tx_power) == ("ref-entrance", True, -59)
 
@@ -97,7 +106,7 @@ def test_registered_eid_tag_resolves() -> None:
     r = AdvertResolver(CID)
     r.install({}, build_eid_table([("s9", tag)], window_of(T0)))
     frame = eddystone_eid_data(eid(key, 10, beacon_time(T0, 0)), -20)
-    got = r.resolve({}, {EDDYSTONE_SERVICE_UUID: frame})
+    got = resolve(r, {}, {EDDYSTONE_SERVICE_UUID: frame})
     assert got is not None
     assert got.subject == "s9"
 
@@ -106,7 +115,20 @@ def test_forget_stops_resolution_at_once() -> None:
     """After forget (opt-out) the shopper's tokens no longer resolve."""
     r = make_resolver()
     assert r.forget({"s1"}) == 3
-    assert r.resolve(token_advert(), {}) is None
+    assert resolve(r, token_advert(), {}) is None
+
+
+def test_forget_drops_only_the_forgotten_shoppers_tokens() -> None:
+    """Forgetting one shopper removes their three windows' tokens and keeps everyone else's."""
+    r = AdvertResolver(CID)
+    keys = [("s1", day_keys(ROOT)), ("s2", day_keys(OTHER_ROOT))]
+    r.install(build_table(keys, window_of(T0)), {})
+    assert r.forget({"s1"}) == 3
+    assert resolve(r, token_advert(ROOT), {}) is None
+    got = resolve(r, token_advert(OTHER_ROOT), {})
+    assert got is not None
+    assert got.subject == "s2"
+    assert r.stats()["tokens"] == 3
 
 
 @settings(max_examples=400, deadline=None)
@@ -256,7 +278,7 @@ def test_opt_out_during_a_table_build_is_not_undone_by_the_swap() -> None:
         await asyncio.sleep(0)  # the build is now running in its thread
         flow.on_changes({}, {}, {"s1"})
         await build
-        assert flow.resolver.resolve(token_advert(ROOT, clock.wall()), {}) is None
+        assert resolve(flow.resolver, token_advert(ROOT, clock.wall()), {}) is None
 
     asyncio.run(scenario())
 
@@ -267,11 +289,11 @@ def test_new_profile_resolves_after_the_rebuild() -> None:
     async def scenario() -> None:
         flow, _, clock = make_flow()
         await _built(flow, clock)
-        assert flow.resolver.resolve(token_advert(), {}) is None
+        assert resolve(flow.resolver, token_advert(), {}) is None
         profile, consent = opted_in("s2", ROOT, {"presence"})
         flow.on_changes({"s2": profile}, {"s2": consent}, set())
         await _built(flow, clock)
-        got = flow.resolver.resolve(token_advert(), {})
+        got = resolve(flow.resolver, token_advert(), {})
         assert got is not None
         assert got.subject == "s2"
 
@@ -290,7 +312,7 @@ def test_table_loop_swaps_in_the_next_window_at_the_change() -> None:
         await flow.rebuild(w + 1, install_at=clock.wall())
         assert flow.table_window == w + 1
         later = (w + 2) * WINDOW_S + 1
-        assert flow.resolver.resolve(token_advert(ROOT, later), {}) is not None
+        assert resolve(flow.resolver, token_advert(ROOT, later), {}) is not None
 
     asyncio.run(scenario())
 
@@ -313,10 +335,10 @@ def test_a_profile_arriving_while_the_next_table_waits_resolves_at_once() -> Non
         flow.on_changes({"s2": profile}, {"s2": consent}, set())
         for _ in range(300):
             await asyncio.sleep(0.01)
-            if flow.resolver.resolve(token_advert(ROOT, clock.wall()), {}) is not None:
+            if resolve(flow.resolver, token_advert(ROOT, clock.wall()), {}) is not None:
                 break
         loop.cancel()
-        got = flow.resolver.resolve(token_advert(ROOT, clock.wall()), {})
+        got = resolve(flow.resolver, token_advert(ROOT, clock.wall()), {})
         assert got is not None and got.subject == "s2"
 
     asyncio.run(scenario())

@@ -11,7 +11,6 @@ import pytest
 
 from gateway.identity.tokens import (
     WINDOW_S,
-    TokenTable,
     build_table,
     day_key,
     day_of_window,
@@ -79,21 +78,6 @@ def test_shopper_without_a_days_key_is_not_in_that_days_windows() -> None:
     """A store holding only yesterday's key cannot recognise the shopper today."""
     table = build_table([("s1", keys_for(ROOT, "2026-11-17"))], window_of(VECTOR_AT))
     assert table == {}
-
-
-def test_drop_makes_tokens_stop_resolving() -> None:
-    """Dropping a shopper (opt-out) removes all their tokens and keeps the others'."""
-    other = bytes(range(1, 33))
-    w = window_of(VECTOR_AT)
-    table = TokenTable(
-        build_table(
-            [("s1", keys_for(ROOT, "2026-11-18")), ("s2", keys_for(other, "2026-11-18"))], w
-        ),
-        w,
-    )
-    assert table.drop({"s1"}) == 3
-    assert token_at(ROOT, VECTOR_AT) not in table.tokens
-    assert table.tokens[token_at(other, VECTOR_AT)] == "s2"
 
 
 def test_token_command_prints_the_vector() -> None:

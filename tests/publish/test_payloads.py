@@ -94,7 +94,15 @@ UP_EVENTS: list[tuple[str, object]] = [
     ("presence", PresenceEvent("arrived", "s-1", "entrance", T, visit="v-1")),
     (
         "presence",
-        PresenceEvent("zone_changed", "s-1", "produce", T, "entrance", 12.34, 40.0, 6.0, None),
+        PresenceEvent(
+            "zone_changed",
+            "s-1",
+            "produce",
+            T,
+            previous_zone="entrance",
+            dwell_s=12.34,
+            visit_s=40.0,
+        ),
     ),
     ("visit", VisitEvent("visit_started", "s-1", "v-1", T, ("ble",), ("entrance",))),
     ("visit", VisitEvent("visit_ended", "s-1", "v-1", T, ("ble", "pos"), ("entrance",), 600.0)),

@@ -28,7 +28,6 @@ from gateway.identity.tokens import token_at
 from gateway.log import configure_logging
 from gateway.publish.mqtt import MqttConnection
 from gateway.sensing import satellites as sat
-from gateway.sensing.frames import IBeacon, parse_ibeacon
 from gateway.sensing.satellites import DROP_REASONS, SatelliteDecoder, service_uuid
 from gateway.testing.mosquitto import MosquittoBroker
 
@@ -454,7 +453,8 @@ def test_fuzz_arbitrary_json_never_raises_and_is_all_accounted_for(topic: str, d
 def test_fuzz_espresense_ibeacon_ids_map_back_to_the_exact_frame(
     rssi: float, major: int, minor: int, power: int
 ) -> None:
-    """Any iBeacon id and power round-trips to Apple's 02 15 uuid major minor power frame."""
+    """Any iBeacon id and power round-trips to Apple's 02 15 uuid major minor power frame,
+    which the resolver maps to the beacon registered with that identity."""
     fid = f"iBeacon:{REF_UUID}-{major}-{minor}"
     decoder, rec = make_decoder()
     decoder.on_message(
@@ -464,16 +464,21 @@ def test_fuzz_espresense_ibeacon_ids_map_back_to_the_exact_frame(
     if not -127 <= rssi <= 20:
         assert dropped(decoder) == {"bad_rssi": 1}
         return
-    [(_, mfr, _, got_rssi, _)] = rec.calls
-    frame = parse_ibeacon(mfr[0x004C])
-    assert isinstance(frame, IBeacon)
-    assert (frame.uuid.hex(), frame.major, frame.minor, frame.tx_power) == (
-        REF_UUID.replace("-", ""),
-        major,
-        minor,
-        power,
-    )
+    [(scanner, mfr, sd, got_rssi, ts)] = rec.calls
+    uuid = bytes.fromhex(REF_UUID.replace("-", ""))
+    assert mfr == {
+        0x004C: b"\x02\x15"
+        + uuid
+        + major.to_bytes(2, "big")
+        + minor.to_bytes(2, "big")
+        + (power & 0xFF).to_bytes(1, "big")
+    }
     assert got_rssi == float(rssi)
+    sightings: list[Sighting] = []
+    AdvertResolver(0xFFFF, {(uuid, major, minor): "ref"}).handler(sightings.append)(
+        scanner, mfr, sd, got_rssi, ts
+    )
+    assert [(s.subject, s.tx_power, s.reference) for s in sightings] == [("ref", power, True)]
 
 
 # -- satellites, status, figures ------------------------------------------------------------------
