@@ -3,8 +3,9 @@
 Three parts, each usable alone:
 
 - ``Ranker``: one loaded bundle (docs/contracts.md section 5). The manifest is read and
-  verified (Ed25519 when keys are configured, the model's sha256 checked on the
-  very bytes handed to onnxruntime, the runtime version), the session is tuned
+  verified by ``gateway.decision.bundle`` (Ed25519 when keys are configured, the
+  model's sha256 checked on the very bytes handed to onnxruntime) whose refusal
+  reasons become the ranker's, then the runtime version; the session is tuned
   for a small CPU shared with BLE, MQTT and SQLite, and warmed up. Synchronous;
   every failure is a ``RankerError`` carrying a stable ``reason`` code.
 - ``PopularFallback``: what sells in this zone at this hour, counted from the
@@ -36,10 +37,9 @@ import numpy as np
 import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gateway.decision import bundle as bundle_reader  # `bundle` names a Path below
 from gateway.decision.features import FeedRequest, ShopperFeatures, batch_feed
 from gateway.errors import BundleError, RankerError
-from gateway.hq import bundles
-from gateway.hq.bundles import MODEL_FILE, SIGNATURE_FILE
 from gateway.log import get_logger
 
 # The graph contract: input and output names with their onnxruntime type strings.
@@ -142,46 +142,19 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 
 def public_keys(keys: Sequence[Any] | None) -> list[Ed25519PublicKey] | None:
-    """Trusted keys as Ed25519 keys, from hex (the config's form), raw bytes or key objects.
-
-    None or empty means no signature is required (the config's "empty: none
-    needed"); ``gateway.hq.bundles`` reads an empty list as "trust nobody".
-    """
-    if not keys:
-        return None
-    out = []
-    for key in keys:
-        if isinstance(key, Ed25519PublicKey):
-            out.append(key)
-            continue
-        try:
-            raw = bytes.fromhex(key) if isinstance(key, str) else bytes(key)
-            out.append(Ed25519PublicKey.from_public_bytes(raw))
-        except ValueError as exc:
-            raise RankerError("bad_key", "a trusted key is not an Ed25519 public key") from exc
-    return out
-
-
-def _bundle_reason(exc: BundleError, bundle: Path) -> str:
-    """A stable reason code for ``exc``; bundles' messages name the file at fault."""
-    text = str(exc).replace(str(bundle), "")
-    if SIGNATURE_FILE in text:
-        return "bad_signature"
-    if text.endswith(" missing") or "not a bundle directory" in text:
-        return "missing"
-    if (MODEL_FILE in text and "sha256" in text) or "changed since" in text:
-        return "bad_sha"
-    if MODEL_FILE in text and "cap" in text:
-        return "too_large"
-    return "bad_manifest"
+    """Trusted keys as Ed25519 keys (``bundle.public_keys``); ``bad_key`` if one is not."""
+    try:
+        return bundle_reader.public_keys(keys)
+    except BundleError as exc:
+        raise RankerError(exc.reason.value, str(exc)) from exc
 
 
 def _read_manifest(bundle: Path, keys: list[Ed25519PublicKey] | None) -> dict[str, Any]:
     """The validated manifest (signed by a trusted key when keys are given), model sha checked."""
     try:
-        return bundles.read_manifest(bundle, keys)
+        return bundle_reader.read_manifest(bundle, keys)
     except BundleError as exc:
-        raise RankerError(_bundle_reason(exc, bundle), str(exc), str(bundle)) from exc
+        raise RankerError(exc.reason.value, str(exc), str(bundle)) from exc
 
 
 def _read_model(bundle: Path, manifest: Mapping[str, Any]) -> bytes:
@@ -191,9 +164,9 @@ def _read_model(bundle: Path, manifest: Mapping[str, Any]) -> bytes:
     between the check and the load.
     """
     try:
-        return bundles.model_bytes(bundle, manifest)
+        return bundle_reader.model_bytes(bundle, manifest)
     except BundleError as exc:
-        raise RankerError(_bundle_reason(exc, bundle), str(exc), str(bundle)) from exc
+        raise RankerError(exc.reason.value, str(exc), str(bundle)) from exc
 
 
 def _check_runtime(manifest: Mapping[str, Any], where: str) -> None:

@@ -24,7 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gateway.decision.features import DecayParams, neighbour_vectors, tifu_vector
+from gateway.hq.features import DecayParams, neighbour_vectors, tifu_vector
 from gateway.hq.orders import Order
 
 K = 10

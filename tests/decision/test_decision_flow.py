@@ -14,9 +14,10 @@ import pytest
 from gateway.clock import SystemClock
 from gateway.config import parse_config
 from gateway.decision import experiments as ex
-from gateway.decision.features import ShopperFeatures, features_to_attributes
+from gateway.decision.features import ShopperFeatures
 from gateway.decision_flow import ARRIVAL, BASKET, DWELL, DecisionFlow, Trigger, default_bundle_dir
 from gateway.events import BasketItem, CheckoutCompleted
+from gateway.hq.features import features_to_attributes
 from gateway.identity.presence import PresenceEvent
 from gateway.identity.shoppers import Consent, Profile
 from gateway.shopper_flow import ShopperFlow
