@@ -113,7 +113,6 @@ class Recommendation:
     items: tuple[str, ...]
     source: Source
     reason: str | None
-    latency_ms: float
     model_version: int | None = None
 
 
@@ -336,10 +335,6 @@ class Ranker:
     def catalogue_size(self) -> int:
         return len(self._catalogue)
 
-    @property
-    def k(self) -> int:
-        return int(self.manifest["k"])
-
     # -- ranking
 
     def feed(self, requests: Sequence[FeedRequest]) -> dict[str, np.ndarray]:
@@ -482,10 +477,6 @@ class PopularFallback:
                     if len(out) >= k:
                         return out
         return out
-
-    def tier_sizes(self) -> list[int]:
-        """How many item counts each tier holds (health; bounded by twice ``max_items``)."""
-        return [len(c) for c in self._counts.values()]
 
     def _tiers(self, zone: str | None, hour: int | None, want: int) -> Iterable[Iterable[str]]:
         for key in ((zone, hour), (zone, None), (None, hour), (None, None)):
@@ -664,13 +655,12 @@ class DecisionRanker:
         k: int,
     ) -> Recommendation:
         """Up to ``k`` items for this shopper, never one in ``basket``; never raises."""
-        start = time.perf_counter()
         ranker = self._ranker
         if ranker is None:
             if not self._logged_no_model:
                 self._logged_no_model = True
                 self._log.warning("ranker_no_model", last_error=self._last_error)
-            return self._fall_back("no_model", basket, hour, zone, k, start)
+            return self._fall_back("no_model", basket, hour, zone, k)
         loop = asyncio.get_running_loop()
         request = FeedRequest(features, tuple(basket), hour, dow, zone)
         try:
@@ -679,39 +669,34 @@ class DecisionRanker:
             )
         except RankerError as exc:
             self._inference_failed(ranker, exc.reason, exc.detail)
-            return self._fall_back(exc.reason, basket, hour, zone, k, start)
+            return self._fall_back(exc.reason, basket, hour, zone, k)
         except Exception as exc:  # noqa: BLE001 — a request must be answered whatever broke
             self._inference_failed(ranker, "inference_failed", f"{type(exc).__name__}: {exc}")
-            return self._fall_back("inference_failed", basket, hour, zone, k, start)
+            return self._fall_back("inference_failed", basket, hour, zone, k)
         self._latencies.append(infer_ms)
         if not items:
-            return self._fall_back("model_empty", basket, hour, zone, k, start)
+            return self._fall_back("model_empty", basket, hour, zone, k)
         self._sources["model"] += 1
         return Recommendation(
             items=tuple(items),
             source="model",
             reason=None,
-            latency_ms=(time.perf_counter() - start) * 1000,
             model_version=ranker.version,
         )
 
     def popular(self, basket: Sequence[str], hour: int, zone: str | None, k: int) -> Recommendation:
         """Popular items on purpose (an experiment arm), not because the model failed."""
-        start = time.perf_counter()
         self._requested["popular"] += 1
         return Recommendation(
             items=tuple(self.fallback.recommend(basket, hour, zone, k)),
             source="fallback",
             reason=REASON_POPULAR_REQUESTED,
-            latency_ms=(time.perf_counter() - start) * 1000,
         )
 
     def empty(self) -> Recommendation:
         """Nothing on purpose (an experiment's no-recommendation arm)."""
         self._requested["none"] += 1
-        return Recommendation(
-            items=(), source="fallback", reason=REASON_NONE_REQUESTED, latency_ms=0.0
-        )
+        return Recommendation(items=(), source="fallback", reason=REASON_NONE_REQUESTED)
 
     def observe_purchase(self, zone: str | None, hour: int, items: Iterable[str]) -> None:
         """A lane's checkout: feeds the fallback's popularity counts."""
@@ -743,7 +728,6 @@ class DecisionRanker:
         hour: int,
         zone: str | None,
         k: int,
-        start: float,
     ) -> Recommendation:
         self._sources["fallback"] += 1
         self._fallback_reasons[reason] += 1
@@ -752,7 +736,6 @@ class DecisionRanker:
             items=tuple(items),
             source="fallback",
             reason=reason,
-            latency_ms=(time.perf_counter() - start) * 1000,
             model_version=None,
         )
 

@@ -82,20 +82,11 @@ OUTPUT_SCOPES: Mapping[str, str] = {
 }
 
 DropReason = Literal["invalid", "duplicate", "in_basket", "excluded", "out_of_stock", "capped"]
-DROP_REASONS: tuple[str, ...] = (
-    "invalid",
-    "duplicate",
-    "in_basket",
-    "excluded",
-    "out_of_stock",
-    "capped",
-)
 Refusal = Literal["no_visit", "no_consent", "visit_cap"]
-REFUSALS: tuple[str, ...] = ("no_visit", "no_consent", "visit_cap")
 
 # Candidates looked at per decision. The ranker returns a few dozen; a bundle
-# that returns the whole catalogue must not cost a regex pass over 50,000 ids on
-# a Pi, and by 500 candidates deep something is wrong with the ranking anyway.
+# that returns the whole catalogue must not cost a pass of every rule over 50,000
+# ids on a Pi, and by 500 candidates deep something is wrong with the ranking anyway.
 MAX_EXAMINED = 500
 # Items kept per decision, whatever ``k`` asks: config allows at most 50.
 MAX_K = 50

@@ -635,7 +635,8 @@ def test_fallback_memory_is_bounded_per_tier() -> None:
     for i in range(100):
         fallback.observe_purchase("z", 9, [f"rare-{i}"])
     assert fallback.recommend([], 9, "z", 1) == ["best"]
-    assert fallback.tier_sizes() and max(fallback.tier_sizes()) <= 20
+    # Every tier saw the same checkouts, so all it can still offer is at most 2 x 10 items.
+    assert 10 <= len(fallback.recommend([], 9, "z", 1000)) <= 20
 
 
 def test_a_manifest_seeds_the_fallback_even_when_its_model_is_broken(
