@@ -21,6 +21,8 @@ both are "this input is unusable", and callers that read files catch them so.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose."""
@@ -70,8 +72,31 @@ class DownlinkRejected(GatewayError):
         self.reason = reason
 
 
+class BundleProblem(StrEnum):
+    """Why a bundle was refused: the stable codes the ranker counts in health.
+
+    The values are the ``reason`` strings of ``RankerError`` (and so of health's
+    ``decision.ranker.load_failures``): operators and dashboards match on them.
+    """
+
+    MISSING = "missing"  # no bundle directory; model.onnx or manifest.json absent or unreadable
+    BAD_MANIFEST = "bad_manifest"  # manifest.json not JSON, off the schema, or over its cap
+    BAD_SIGNATURE = "bad_signature"  # manifest.sig absent, malformed, or by no trusted key
+    BAD_KEY = "bad_key"  # a configured trusted key is not an Ed25519 public key
+    BAD_SHA = "bad_sha"  # model.onnx does not match the manifest's sha256
+    TOO_LARGE = "too_large"  # model.onnx over its size cap
+
+
 class BundleError(GatewayError, ValueError):
-    """A bundle is missing, malformed, tampered with or untrusted; the message says which."""
+    """A bundle is missing, malformed, tampered with or untrusted.
+
+    ``reason`` says which (a ``BundleProblem``, for code and health); the
+    message says it for people, naming the file at fault.
+    """
+
+    def __init__(self, reason: BundleProblem, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RankerError(GatewayError):
@@ -79,7 +104,8 @@ class RankerError(GatewayError):
 
     ``reason`` is a stable snake_case code counted in health. Loading:
     ``missing``, ``bad_manifest``, ``bad_signature``, ``bad_key``, ``bad_sha``,
-    ``too_large``, ``runtime_too_old``, ``bad_onnx``, ``wrong_inputs`` (inputs
+    ``too_large`` (a ``BundleProblem``, taken as is from the ``BundleError``
+    that refused the bundle), ``runtime_too_old``, ``bad_onnx``, ``wrong_inputs`` (inputs
     or outputs off the contract), ``warmup_failed``, ``not_newer``,
     ``load_failed`` (anything else). Serving: ``bad_request``,
     ``inference_failed``. ``where`` names the bundle concerned.

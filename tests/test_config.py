@@ -264,3 +264,83 @@ def test_parse_config_raises_only_config_error(raw: dict[str, Any]) -> None:
         assert all(isinstance(path, str) and path for path, _ in exc.problems)
     else:
         assert config.store.id
+
+
+# -- decision and experiments: the one place their values are checked ---------------------
+# The pure modules (gateway/decision/rules.py, experiments.py) take these values as given.
+
+
+def make_experiment(**overrides: Any) -> dict[str, Any]:
+    """An [[experiments]] table with arms "model" (weight 1) and "popular" (weight 2)."""
+    doc: dict[str, Any] = {
+        "id": "oat-milk-2026",
+        "salt": "s3cret-salt",
+        "holdout": 0.1,
+        "arms": [
+            {"name": "model", "weight": 1, "strategy": "model"},
+            {"name": "popular", "weight": 2, "strategy": "popular"},
+        ],
+    }
+    doc.update(overrides)
+    return doc
+
+
+def test_a_valid_experiment_is_accepted() -> None:
+    """The builder's experiment parses, so each refusal below is down to its one bad value."""
+    config = parse_config({**make_raw(), "experiments": [make_experiment()]})
+    assert [a.name for a in config.experiments[0].arms] == ["model", "popular"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path"),
+    [
+        ({"arms": [{"name": "a", "weight": 0}]}, "experiments.0.arms.0.weight"),
+        ({"arms": [{"name": "a", "weight": -1}]}, "experiments.0.arms.0.weight"),
+        ({"arms": [{"name": "a", "weight": math.nan}]}, "experiments.0.arms.0.weight"),
+        ({"arms": [{"name": "a", "weight": math.inf}]}, "experiments.0.arms.0.weight"),
+        ({"arms": [{"name": "a", "weight": True}]}, "experiments.0.arms.0.weight"),
+        ({"arms": [{"name": ""}]}, "experiments.0.arms.0.name"),
+        ({"arms": [{"name": "a", "strategy": ""}]}, "experiments.0.arms.0.strategy"),
+        ({"holdout": 1.0}, "experiments.0.holdout"),
+        ({"holdout": -0.1}, "experiments.0.holdout"),
+        ({"arms": [{"name": "a"}, {"name": "a"}]}, "experiments.0"),
+        ({"arms": [{"name": "holdout"}]}, "experiments.0"),
+        ({"arms": []}, "experiments.0.arms"),
+        ({"salt": ""}, "experiments.0.salt"),
+        ({"id": "E X"}, "experiments.0.id"),
+    ],
+)
+def test_bad_experiments_are_refused_with_their_dotted_path(
+    overrides: dict[str, Any], path: str
+) -> None:
+    """Weights above 0 and finite, holdout in [0, 1), unique arm names, "holdout" reserved."""
+    problems = problems_of({**make_raw(), "experiments": [make_experiment(**overrides)]})
+    assert path in [p for p, _ in problems]
+
+
+def test_duplicate_and_reserved_arm_names_say_why() -> None:
+    """The two arm-name rules the models check as a whole name the rule broken."""
+    dup = problems_of({**make_raw(), "experiments": [make_experiment(arms=[{"name": "a"}] * 2)]})
+    assert "unique" in dict(dup)["experiments.0"]
+    held = problems_of({**make_raw(), "experiments": [make_experiment(arms=[{"name": "holdout"}])]})
+    assert "holdout's own arm" in dict(held)["experiments.0"]
+
+
+@pytest.mark.parametrize(
+    ("decision", "path"),
+    [
+        ({"item_cap_per_visit": 0}, "decision.item_cap_per_visit"),
+        ({"item_cap_per_visit": True}, "decision.item_cap_per_visit"),
+        ({"decisions_per_visit": 0}, "decision.decisions_per_visit"),
+        ({"decisions_per_visit": 1.5}, "decision.decisions_per_visit"),
+        ({"summary_interval_s": 0}, "decision.summary_interval_s"),
+        ({"summary_interval_s": math.inf}, "decision.summary_interval_s"),
+        ({"exclude_prefixes": [""]}, "decision.exclude_prefixes.0"),
+        ({"exclude_items": [""]}, "decision.exclude_items.0"),
+        ({"exclude_prefixes": "ALC-"}, "decision.exclude_prefixes"),
+    ],
+)
+def test_bad_caps_periods_and_exclusions_are_refused(decision: dict[str, Any], path: str) -> None:
+    """Caps are integers of at least 1, the summary period finite and positive, exclusions a
+    list of non-empty ids (an empty prefix would exclude every item and silence the store)."""
+    assert [p for p, _ in problems_of(make_raw(decision=decision))] == [path]

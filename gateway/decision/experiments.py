@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import islice
@@ -74,8 +73,6 @@ HOLDOUT = "holdout"
 # The strategy that shows nothing: an arm with it is a second holdout (point 2).
 NONE_STRATEGY = "none"
 
-# Names as config allows them (gateway/config.py, ExperimentId and arm names).
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 # Top 53 bits of the digest: a float holds them exactly (module docstring, point 1).
 _BITS = 53
 # Items looked at per call: k is at most 50, and a receipt has at most a few
@@ -83,34 +80,21 @@ _BITS = 53
 MAX_ITEMS_PER_CALL = 2_000
 
 
-def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 # -- experiments and assignment ----------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Arm:
-    """One arm: its name, its relative weight and the strategy it shows."""
+    """One arm: its name, its relative weight and the strategy it shows.
+
+    Not validated here: arms come from ``[[experiments.arms]]`` tables, which
+    gateway/config.py checks (a name like ``model-b``, a finite weight above 0,
+    a known strategy). Any other caller passes values that pass those checks.
+    """
 
     name: str
     weight: float = 1.0
     strategy: str = "model"  # "model", "popular" or "none"; the caller maps it to a ranker
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
-            problems.append(f"arm name must match {NAME_PATTERN.pattern}, not {self.name!r}")
-        weight = _finite(self.weight)
-        if weight is None or weight <= 0:
-            problems.append(f"arm weight must be a finite number above 0, not {self.weight!r}")
-        if not isinstance(self.strategy, str) or not NAME_PATTERN.match(self.strategy):
-            problems.append(
-                f"arm strategy must match {NAME_PATTERN.pattern}, not {self.strategy!r}"
-            )
-        if problems:
-            raise ValueError("; ".join(problems))
 
 
 class ArmPlan(NamedTuple):
@@ -126,6 +110,13 @@ class Experiment:
 
     ``baseline`` is the strategy the holdout (and any ``none`` arm) computes its
     would-have decisions with: what the store shows when no experiment runs.
+
+    Not validated here: ``id``, ``salt``, ``holdout`` and ``arms`` come from an
+    ``[[experiments]]`` table, which gateway/config.py checks (an id like
+    ``oat-milk-2026``, salt of 8 to 128 characters, holdout in [0, 1), 1 to 16
+    arms with unique names, none named ``holdout``). ``baseline`` is the
+    caller's, a strategy that shows something (never ``none``: the holdout
+    would then have nothing to be compared with).
     """
 
     id: str
@@ -137,36 +128,9 @@ class Experiment:
     _bounds: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        problems = []
-        if not isinstance(self.id, str) or not NAME_PATTERN.match(self.id):
-            problems.append(f"experiment id must match {NAME_PATTERN.pattern}, not {self.id!r}")
-        if not isinstance(self.salt, str | bytes) or not self.salt:
-            problems.append("salt must be a non-empty string or bytes")
-        holdout = _finite(self.holdout)
-        if holdout is None or not 0 <= holdout < 1:
-            problems.append(f"holdout must be a number in [0, 1), not {self.holdout!r}")
-        if (
-            not isinstance(self.baseline, str)
-            or not NAME_PATTERN.match(self.baseline)
-            or self.baseline == NONE_STRATEGY
-        ):
-            problems.append(
-                f"baseline must be a strategy that shows something, not {self.baseline!r}"
-            )
-        arms = self.arms
-        if not isinstance(arms, tuple) or not arms or not all(isinstance(a, Arm) for a in arms):
-            problems.append("arms must be a non-empty tuple of Arm")
-        else:
-            names = [a.name for a in arms]
-            if len(set(names)) != len(names):
-                problems.append(f"arm names must be unique: {names}")
-            if HOLDOUT in names:
-                problems.append(f"{HOLDOUT!r} is the holdout's own arm; pick another name")
-        if problems:
-            raise ValueError("; ".join(problems))
-        total = math.fsum(a.weight for a in arms)
+        total = math.fsum(a.weight for a in self.arms)
         bounds, running = [], 0.0
-        for a in arms:
+        for a in self.arms:
             running += a.weight
             bounds.append(running / total)
         object.__setattr__(self, "_bounds", tuple(bounds))
@@ -176,12 +140,6 @@ class Experiment:
         """From an ``[[experiments]]`` config section (anything with id, salt, holdout, arms)."""
         arms = tuple(Arm(a.name, a.weight, a.strategy) for a in section.arms)
         return cls(section.id, section.salt, arms, section.holdout, baseline)
-
-    @property
-    def arm_names(self) -> tuple[str, ...]:
-        """Every arm a shopper can be assigned, the holdout first when it has a share."""
-        names = tuple(a.name for a in self.arms)
-        return (HOLDOUT, *names) if self.holdout > 0 else names
 
     def plan(self, arm: str) -> ArmPlan:
         """What the caller does for ``arm``: the holdout and ``none`` arms compute unshown."""
@@ -274,12 +232,8 @@ class HourlySummary:
     """
 
     def __init__(self, bucket_s: float = 3600.0, max_buckets: int = 4_096) -> None:
-        seconds = _finite(bucket_s)
-        if seconds is None or seconds <= 0:
-            raise ValueError(f"bucket_s must be a finite number above 0, not {bucket_s!r}")
-        if not _count(max_buckets):
-            raise ValueError(f"max_buckets must be an integer of at least 1, not {max_buckets!r}")
-        self.bucket_s = seconds
+        # Unchecked: both come from AttributionParams (bucket_s from the config).
+        self.bucket_s = float(bucket_s)
         self.max_buckets = max_buckets
         self._rows: dict[tuple[float, str, str], ArmSummary] = {}
         self.dropped = 0  # records lost because ``max_buckets`` rows were open
@@ -346,7 +300,12 @@ class HourlySummary:
 
 @dataclass(frozen=True, slots=True)
 class AttributionParams:
-    """Bounds and tolerances of attribution; each value says why."""
+    """Bounds and tolerances of attribution; each value says why.
+
+    Not validated here: ``bucket_s`` comes from ``decision.summary_interval_s``,
+    which gateway/config.py bounds (1 to 86,400 s); the other fields are the
+    constants below. Any other caller passes positive counts and durations.
+    """
 
     # Visits remembered at once: the visit book keeps at most 5,000 open visits.
     max_visits: int = 5_000
@@ -364,27 +323,6 @@ class AttributionParams:
     # Summary rows kept between flushes: 8 experiments x 17 arms x a day of hours
     # is 3,264; more means flush is not being called.
     max_buckets: int = 4_096
-
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("max_visits", "max_items_per_visit", "max_buckets"):
-            if not _count(getattr(self, name)):
-                problems.append(
-                    f"{name} must be an integer of at least 1, not {getattr(self, name)!r}"
-                )
-        for name in ("idle_s", "bucket_s"):
-            seconds = _finite(getattr(self, name))
-            if seconds is None or seconds <= 0:
-                problems.append(
-                    f"{name} must be a finite number above 0, not {getattr(self, name)!r}"
-                )
-        skew = _finite(self.max_skew_s)
-        if skew is None or skew < 0:
-            problems.append(
-                f"max_skew_s must be a finite number of at least 0, not {self.max_skew_s!r}"
-            )
-        if problems:
-            raise ValueError("; ".join(problems))
 
 
 @dataclass(frozen=True, slots=True)

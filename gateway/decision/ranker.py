@@ -3,8 +3,9 @@
 Three parts, each usable alone:
 
 - ``Ranker``: one loaded bundle (docs/contracts.md section 5). The manifest is read and
-  verified (Ed25519 when keys are configured, the model's sha256 checked on the
-  very bytes handed to onnxruntime, the runtime version), the session is tuned
+  verified by ``gateway.decision.bundle`` (Ed25519 when keys are configured, the
+  model's sha256 checked on the very bytes handed to onnxruntime) whose refusal
+  reasons become the ranker's, then the runtime version; the session is tuned
   for a small CPU shared with BLE, MQTT and SQLite, and warmed up. Synchronous;
   every failure is a ``RankerError`` carrying a stable ``reason`` code.
 - ``PopularFallback``: what sells in this zone at this hour, counted from the
@@ -36,10 +37,9 @@ import numpy as np
 import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gateway.decision import bundle as bundle_reader  # `bundle` names a Path below
 from gateway.decision.features import FeedRequest, ShopperFeatures, batch_feed
 from gateway.errors import BundleError, RankerError
-from gateway.hq import bundles
-from gateway.hq.bundles import MODEL_FILE, SIGNATURE_FILE
 from gateway.log import get_logger
 
 # The graph contract: input and output names with their onnxruntime type strings.
@@ -113,7 +113,6 @@ class Recommendation:
     items: tuple[str, ...]
     source: Source
     reason: str | None
-    latency_ms: float
     model_version: int | None = None
 
 
@@ -142,46 +141,19 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 
 def public_keys(keys: Sequence[Any] | None) -> list[Ed25519PublicKey] | None:
-    """Trusted keys as Ed25519 keys, from hex (the config's form), raw bytes or key objects.
-
-    None or empty means no signature is required (the config's "empty: none
-    needed"); ``gateway.hq.bundles`` reads an empty list as "trust nobody".
-    """
-    if not keys:
-        return None
-    out = []
-    for key in keys:
-        if isinstance(key, Ed25519PublicKey):
-            out.append(key)
-            continue
-        try:
-            raw = bytes.fromhex(key) if isinstance(key, str) else bytes(key)
-            out.append(Ed25519PublicKey.from_public_bytes(raw))
-        except ValueError as exc:
-            raise RankerError("bad_key", "a trusted key is not an Ed25519 public key") from exc
-    return out
-
-
-def _bundle_reason(exc: BundleError, bundle: Path) -> str:
-    """A stable reason code for ``exc``; bundles' messages name the file at fault."""
-    text = str(exc).replace(str(bundle), "")
-    if SIGNATURE_FILE in text:
-        return "bad_signature"
-    if text.endswith(" missing") or "not a bundle directory" in text:
-        return "missing"
-    if (MODEL_FILE in text and "sha256" in text) or "changed since" in text:
-        return "bad_sha"
-    if MODEL_FILE in text and "cap" in text:
-        return "too_large"
-    return "bad_manifest"
+    """Trusted keys as Ed25519 keys (``bundle.public_keys``); ``bad_key`` if one is not."""
+    try:
+        return bundle_reader.public_keys(keys)
+    except BundleError as exc:
+        raise RankerError(exc.reason.value, str(exc)) from exc
 
 
 def _read_manifest(bundle: Path, keys: list[Ed25519PublicKey] | None) -> dict[str, Any]:
     """The validated manifest (signed by a trusted key when keys are given), model sha checked."""
     try:
-        return bundles.read_manifest(bundle, keys)
+        return bundle_reader.read_manifest(bundle, keys)
     except BundleError as exc:
-        raise RankerError(_bundle_reason(exc, bundle), str(exc), str(bundle)) from exc
+        raise RankerError(exc.reason.value, str(exc), str(bundle)) from exc
 
 
 def _read_model(bundle: Path, manifest: Mapping[str, Any]) -> bytes:
@@ -191,9 +163,9 @@ def _read_model(bundle: Path, manifest: Mapping[str, Any]) -> bytes:
     between the check and the load.
     """
     try:
-        return bundles.model_bytes(bundle, manifest)
+        return bundle_reader.model_bytes(bundle, manifest)
     except BundleError as exc:
-        raise RankerError(_bundle_reason(exc, bundle), str(exc), str(bundle)) from exc
+        raise RankerError(exc.reason.value, str(exc), str(bundle)) from exc
 
 
 def _check_runtime(manifest: Mapping[str, Any], where: str) -> None:
@@ -363,10 +335,6 @@ class Ranker:
     def catalogue_size(self) -> int:
         return len(self._catalogue)
 
-    @property
-    def k(self) -> int:
-        return int(self.manifest["k"])
-
     # -- ranking
 
     def feed(self, requests: Sequence[FeedRequest]) -> dict[str, np.ndarray]:
@@ -509,10 +477,6 @@ class PopularFallback:
                     if len(out) >= k:
                         return out
         return out
-
-    def tier_sizes(self) -> list[int]:
-        """How many item counts each tier holds (health; bounded by twice ``max_items``)."""
-        return [len(c) for c in self._counts.values()]
 
     def _tiers(self, zone: str | None, hour: int | None, want: int) -> Iterable[Iterable[str]]:
         for key in ((zone, hour), (zone, None), (None, hour), (None, None)):
@@ -691,13 +655,12 @@ class DecisionRanker:
         k: int,
     ) -> Recommendation:
         """Up to ``k`` items for this shopper, never one in ``basket``; never raises."""
-        start = time.perf_counter()
         ranker = self._ranker
         if ranker is None:
             if not self._logged_no_model:
                 self._logged_no_model = True
                 self._log.warning("ranker_no_model", last_error=self._last_error)
-            return self._fall_back("no_model", basket, hour, zone, k, start)
+            return self._fall_back("no_model", basket, hour, zone, k)
         loop = asyncio.get_running_loop()
         request = FeedRequest(features, tuple(basket), hour, dow, zone)
         try:
@@ -706,39 +669,34 @@ class DecisionRanker:
             )
         except RankerError as exc:
             self._inference_failed(ranker, exc.reason, exc.detail)
-            return self._fall_back(exc.reason, basket, hour, zone, k, start)
+            return self._fall_back(exc.reason, basket, hour, zone, k)
         except Exception as exc:  # noqa: BLE001 — a request must be answered whatever broke
             self._inference_failed(ranker, "inference_failed", f"{type(exc).__name__}: {exc}")
-            return self._fall_back("inference_failed", basket, hour, zone, k, start)
+            return self._fall_back("inference_failed", basket, hour, zone, k)
         self._latencies.append(infer_ms)
         if not items:
-            return self._fall_back("model_empty", basket, hour, zone, k, start)
+            return self._fall_back("model_empty", basket, hour, zone, k)
         self._sources["model"] += 1
         return Recommendation(
             items=tuple(items),
             source="model",
             reason=None,
-            latency_ms=(time.perf_counter() - start) * 1000,
             model_version=ranker.version,
         )
 
     def popular(self, basket: Sequence[str], hour: int, zone: str | None, k: int) -> Recommendation:
         """Popular items on purpose (an experiment arm), not because the model failed."""
-        start = time.perf_counter()
         self._requested["popular"] += 1
         return Recommendation(
             items=tuple(self.fallback.recommend(basket, hour, zone, k)),
             source="fallback",
             reason=REASON_POPULAR_REQUESTED,
-            latency_ms=(time.perf_counter() - start) * 1000,
         )
 
     def empty(self) -> Recommendation:
         """Nothing on purpose (an experiment's no-recommendation arm)."""
         self._requested["none"] += 1
-        return Recommendation(
-            items=(), source="fallback", reason=REASON_NONE_REQUESTED, latency_ms=0.0
-        )
+        return Recommendation(items=(), source="fallback", reason=REASON_NONE_REQUESTED)
 
     def observe_purchase(self, zone: str | None, hour: int, items: Iterable[str]) -> None:
         """A lane's checkout: feeds the fallback's popularity counts."""
@@ -770,7 +728,6 @@ class DecisionRanker:
         hour: int,
         zone: str | None,
         k: int,
-        start: float,
     ) -> Recommendation:
         self._sources["fallback"] += 1
         self._fallback_reasons[reason] += 1
@@ -779,7 +736,6 @@ class DecisionRanker:
             items=tuple(items),
             source="fallback",
             reason=reason,
-            latency_ms=(time.perf_counter() - start) * 1000,
             model_version=None,
         )
 

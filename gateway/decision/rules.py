@@ -61,7 +61,6 @@ from ``decision.k``; ``VisitCaps.end_visit`` on each ``visit_ended``.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -82,26 +81,17 @@ OUTPUT_SCOPES: Mapping[str, str] = {
 }
 
 DropReason = Literal["invalid", "duplicate", "in_basket", "excluded", "out_of_stock", "capped"]
-DROP_REASONS: tuple[str, ...] = (
-    "invalid",
-    "duplicate",
-    "in_basket",
-    "excluded",
-    "out_of_stock",
-    "capped",
-)
 Refusal = Literal["no_visit", "no_consent", "visit_cap"]
-REFUSALS: tuple[str, ...] = ("no_visit", "no_consent", "visit_cap")
 
 # Candidates looked at per decision. The ranker returns a few dozen; a bundle
-# that returns the whole catalogue must not cost a regex pass over 50,000 ids on
-# a Pi, and by 500 candidates deep something is wrong with the ranking anyway.
+# that returns the whole catalogue must not cost a pass of every rule over 50,000
+# ids on a Pi, and by 500 candidates deep something is wrong with the ranking anyway.
 MAX_EXAMINED = 500
 # Items kept per decision, whatever ``k`` asks: config allows at most 50.
 MAX_K = 50
 # Longest item id accepted. Catalogue ids are opaque strings (EAN-13, PLU,
 # Instacart product ids) well under 64 characters; the bound also bounds the
-# cost of each exclusion pattern on each id.
+# cost of each exclusion prefix on each id.
 MAX_ITEM_ID_LEN = 128
 # Longest source name ("model", "fallback"); anything longer is junk from a bundle.
 MAX_SOURCE_LEN = 32
@@ -204,68 +194,30 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class Exclusions:
-    """Items the store never recommends: exact ids, id prefixes and regular expressions.
+    """Items the store never recommends: exact ids and id prefixes.
 
-    Build with ``Exclusions.build`` (it validates). Patterns match anywhere in
-    the id unless anchored (``re.search``), as in grep. They come from the
-    operator's config, never from shoppers or bundles, and each is run against
-    ids of at most ``MAX_ITEM_ID_LEN`` characters.
+    Not validated here: the composition root builds it from
+    ``decision.exclude_items`` and ``decision.exclude_prefixes``, which
+    gateway/config.py has already checked (lists of non-empty ids of at most
+    64 characters; an empty prefix, which would exclude every item and so
+    silence the store, never gets this far).
     """
 
     items: frozenset[str] = frozenset()
     prefixes: tuple[str, ...] = ()
-    patterns: tuple[re.Pattern[str], ...] = ()
 
     @classmethod
-    def build(
-        cls,
-        items: Iterable[str] = (),
-        prefixes: Iterable[str] = (),
-        patterns: Iterable[str] = (),
-    ) -> Exclusions:
-        """Validated exclusions; a ValueError names every bad entry.
-
-        An empty prefix and a pattern that matches the empty string would each
-        exclude every item: a config typo that silences the store, so refused.
-        """
-        problems = []
-        for kind, given in (("items", items), ("prefixes", prefixes), ("patterns", patterns)):
-            if isinstance(given, str):
-                # One string where a list belongs would exclude by each of its characters.
-                problems.append(f"exclusion {kind} must be a list of strings, not {given!r}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        items, prefixes, patterns = list(items), list(prefixes), list(patterns)
-        for kind, values in (("item", items), ("prefix", prefixes), ("pattern", patterns)):
-            for v in values:
-                if not isinstance(v, str) or not v:
-                    problems.append(f"exclusion {kind} must be a non-empty string, not {v!r}")
-        compiled = []
-        for p in patterns:
-            if not isinstance(p, str) or not p:
-                continue
-            try:
-                rx = re.compile(p)
-            except re.error as exc:
-                problems.append(f"exclusion pattern {p!r} is not a regular expression: {exc}")
-                continue
-            if rx.search(""):
-                problems.append(f"exclusion pattern {p!r} matches every item id")
-            compiled.append(rx)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return cls(frozenset(items), tuple(dict.fromkeys(prefixes)), tuple(compiled))
+    def build(cls, items: Iterable[str] = (), prefixes: Iterable[str] = ()) -> Exclusions:
+        """Exclusions of ``items`` and ``prefixes`` (a repeated prefix is tried once)."""
+        return cls(frozenset(items), tuple(dict.fromkeys(prefixes)))
 
     def match(self, item: str) -> str | None:
-        """The rule that excludes ``item`` ("item X", "prefix ALC-", "pattern ..."), or None."""
+        """The rule that excludes ``item`` ("item X", "prefix ALC-"), or None."""
         if item in self.items:
             return f"item {item}"
         for prefix in self.prefixes:
             if item.startswith(prefix):
                 return f"prefix {prefix}"
-        for rx in self.patterns:
-            if rx.search(item):
-                return f"pattern {rx.pattern}"
         return None
 
 
@@ -278,7 +230,14 @@ def _count(value: object) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class CapParams:
-    """Frequency caps per visit and the bounds of their memory; each value says why."""
+    """Frequency caps per visit and the bounds of their memory; each value says why.
+
+    Not validated here: the two configurable caps come from
+    ``decision.item_cap_per_visit`` and ``decision.decisions_per_visit``, which
+    gateway/config.py bounds (integers of at least 1); the other fields are the
+    constants below. Any other caller passes positive integers and a positive
+    ``idle_s``.
+    """
 
     # An item is shown at most this often per visit, across triggers and outputs:
     # the third mention of oat milk is nagging. Config: decision.item_cap_per_visit.
@@ -301,31 +260,6 @@ class CapParams:
     # A visit not recorded for this long is forgotten even without end_visit:
     # no visit lasts longer (VisitParams.max_visit_s).
     idle_s: float = 12 * 3600
-
-    def __post_init__(self) -> None:
-        problems = []
-        for name in (
-            "item_shows_per_visit",
-            "decisions_per_trigger",
-            "max_visits",
-            "max_items_per_visit",
-            "max_triggers_per_visit",
-        ):
-            if not _count(getattr(self, name)):
-                problems.append(
-                    f"{name} must be an integer of at least 1, not {getattr(self, name)!r}"
-                )
-        for trigger, limit in self.trigger_limits.items():
-            if not isinstance(trigger, str) or not trigger or not _count(limit):
-                problems.append(
-                    f"trigger_limits[{trigger!r}] must be an integer of at least 1 "
-                    f"for a non-empty trigger, not {limit!r}"
-                )
-        idle = _finite(self.idle_s)
-        if idle is None or idle <= 0:
-            problems.append(f"idle_s must be a finite number above 0, not {self.idle_s!r}")
-        if problems:
-            raise ValueError("; ".join(problems))
 
     def limit_for(self, trigger: str) -> int:
         """Decisions allowed per visit for ``trigger``."""

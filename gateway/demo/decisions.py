@@ -24,8 +24,9 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway.decision import experiments as ex
-from gateway.decision.features import ShopperFeatures, features_to_attributes
+from gateway.decision.features import ShopperFeatures
 from gateway.decision.flow import default_bundle_dir
+from gateway.hq.features import features_to_attributes
 from gateway.publish import topics
 
 EXPERIMENT_ID = "demo-nba"

@@ -13,7 +13,8 @@ A, report on B, so one figure comes from shoppers nothing was tuned on.
 
 The baselines (global top, own frequency, TIFU-KNN, co-occurrence with the
 known items) are here so the protocol can be checked against the README's
-published figures before any model is compared with them.
+published figures before any model is compared with them: bench/ranker_quality.py
+prints them next to the model's figures.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gateway.decision.features import DecayParams, neighbour_vectors, tifu_vector
+from gateway.hq.features import DecayParams, neighbour_vectors, tifu_vector
 from gateway.hq.orders import Order
 
 K = 10
@@ -206,30 +207,3 @@ def cooccurrence_completion(
             scores[j] += popularity[j] * 1e-9
         out[u] = _rank(scores, exclude=known)
     return out
-
-
-def baseline_table(
-    history: Mapping[str, Sequence[Order]],
-    test: Mapping[str, Order],
-    users: Iterable[str],
-) -> dict[str, Scores]:
-    """The README's baselines on ``users`` (history of every shopper is used for neighbours)."""
-    users = list(users)
-    table: dict[str, Scores] = {}
-    table["global top-10"] = next_basket_scores(global_top(history), history, test, users)
-    own = own_frequency(history)
-    table["own frequency"] = next_basket_scores(own, history, test, users)
-    tifu = tifu_scores(history)
-    tifu_ranked = rank_all(tifu)
-    s = next_basket_scores(tifu_ranked, history, test, users)
-    masked = rank_all(tifu, exclude=lambda u: known_split(test[u])[0])
-    s.completion_recall = completion_recall(masked, test, users)
-    table["TIFU-KNN"] = s
-    cooc = cooccurrence_completion(history, test, users)
-    table["co-occurrence"] = Scores(
-        len(users),
-        float("nan"),
-        float("nan"),
-        completion_recall=completion_recall(cooc, test, users),
-    )
-    return table

@@ -141,7 +141,7 @@ def _train(args: argparse.Namespace) -> int:
         size = (target / "model.onnx").stat().st_size + (target / "manifest.json").stat().st_size
         log(f"{target}: {variant} bundle version {version}, {size / 1e6:.2f} MB")
     if args.profiles_out:
-        from gateway.decision.features import features_to_attributes
+        from gateway.hq.features import features_to_attributes
 
         try:
             with open(args.profiles_out, "w", encoding="utf-8") as handle:
@@ -231,16 +231,10 @@ def _fallback(popular: dict, hour: int, banned: set[str], chosen: list[str], top
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from gateway.decision.features import (
-        FeedRequest,
-        ProfileModel,
-        batch_feed,
-        build_profiles,
-        features_from_attributes,
-        features_to_attributes,
-    )
+    from gateway.decision.bundle import model_bytes, read_manifest
+    from gateway.decision.features import FeedRequest, batch_feed, features_from_attributes
     from gateway.errors import BundleError
-    from gateway.hq.bundles import model_bytes, read_manifest
+    from gateway.hq.features import ProfileModel, build_profiles, features_to_attributes
     from gateway.hq.training import histories_of
 
     try:

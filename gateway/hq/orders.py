@@ -112,11 +112,6 @@ def read_orders(path: str | Path) -> OrdersFile:
         return _read(handle, str(path))
 
 
-def read_orders_text(text: str, source: str = "<orders>") -> OrdersFile:
-    """Read orders from a string (tests, small tools)."""
-    return _read(io.StringIO(text, newline=""), source)
-
-
 def _read(handle: io.TextIOBase, source: str) -> OrdersFile:
     skipped = [0]
     reader = csv.reader(_bounded_lines(handle, skipped))

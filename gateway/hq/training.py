@@ -36,23 +36,20 @@ from typing import Any
 
 import numpy as np
 
-from gateway.decision.features import (
+from gateway.decision.bundle import FORMAT
+from gateway.decision.features import FeedRequest, ShopperFeatures, batch_feed
+from gateway.hq.features import (
     PERSONAL_FEATURES,
-    FeedRequest,
     MlpParams,
     ProfileModel,
-    ShopperFeatures,
     ShopperHistory,
-    batch_feed,
     build_profiles,
     candidate_table,
 )
 from gateway.hq.orders import Order
 
-FORMAT = "store-gateway-ranker/1"
 OPSET = 17  # ScatterElements(reduction="add") needs 16; onnxruntime 1.31 runs up to 21
 MIN_RUNTIME = {"onnxruntime": "1.31"}
-INPUT_NAMES = ("hist_items", "hist_weights", "nbr_items", "nbr_weights", "basket_items", "context")
 # Items added as reranker candidates from each source (see module docstring).
 COOC_CANDIDATES = 50
 POPULAR_CANDIDATES = 30

@@ -15,9 +15,10 @@ from gateway.app import build_decision, build_shoppers
 from gateway.clock import SystemClock
 from gateway.config import parse_config
 from gateway.decision import experiments as ex
-from gateway.decision.features import ShopperFeatures, features_to_attributes
+from gateway.decision.features import ShopperFeatures
 from gateway.decision.flow import ARRIVAL, BASKET, DWELL, DecisionFlow, Trigger, default_bundle_dir
 from gateway.events import BasketItem, CheckoutCompleted
+from gateway.hq.features import features_to_attributes
 from gateway.identity.flow import ShopperFlow
 from gateway.identity.presence import PresenceEvent
 from gateway.publish.local_bus import LocalBus

@@ -44,38 +44,9 @@ def attribution(**params: Any) -> Attribution:
     return Attribution(AttributionParams(**params))
 
 
-# -- validation -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("build", "message"),
-    [
-        (lambda: Arm("a", 0), "weight"),
-        (lambda: Arm("a", -1), "weight"),
-        (lambda: Arm("a", math.nan), "weight"),
-        (lambda: Arm("a", True), "weight"),
-        (lambda: Arm("", 1), "arm name"),
-        (lambda: Arm("a", 1, ""), "strategy"),
-        (lambda: Experiment("e", "salt", (Arm("a"),), 1.0), "holdout"),
-        (lambda: Experiment("e", "salt", (Arm("a"),), -0.1), "holdout"),
-        (lambda: Experiment("e", "salt", (Arm("a"), Arm("a")), 0.1), "unique"),
-        (lambda: Experiment("e", "salt", (Arm("holdout"),), 0.1), "holdout's own arm"),
-        (lambda: Experiment("e", "salt", (), 0.1), "non-empty tuple"),
-        (lambda: Experiment("e", "", (Arm("a"),), 0.1), "salt"),
-        (lambda: Experiment("E X", "salt", (Arm("a"),), 0.1), "experiment id"),
-        (lambda: Experiment("e", "salt", (Arm("a"),), 0.1, baseline="none"), "baseline"),
-    ],
-)
-def test_bad_experiments_are_refused(build: Any, message: str) -> None:
-    """Weights above 0, holdout in [0, 1), unique arm names, "holdout" reserved."""
-    with pytest.raises(ValueError, match=message):
-        build()
-
-
-def test_the_holdout_is_its_own_arm() -> None:
-    """arm_names lists the holdout first when it has a share, and not when it has none."""
-    assert experiment().arm_names == (HOLDOUT, "model", "popular")
-    assert experiment(holdout=0).arm_names == ("model", "popular")
+# -- from the config ---------------------------------------------------------------------
+# Bad values are refused by the config models (tests/test_config.py), the one place they
+# are checked; an Experiment takes what it is given.
 
 
 def test_from_config_takes_a_config_section() -> None:

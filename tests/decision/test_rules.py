@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import typing
 from typing import Any
 
 import pytest
@@ -12,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.decision.rules import (
-    DROP_REASONS,
     MAX_EXAMINED,
     MAX_K,
     OUTPUT_SCOPES,
     Candidate,
     CapParams,
     Decision,
+    DropReason,
     Exclusions,
     VisitCaps,
     decide,
@@ -187,37 +188,18 @@ def test_an_invalid_entry_does_not_shadow_a_later_valid_one() -> None:
 # -- exclusions ------------------------------------------------------------------------
 
 
-def test_exclusions_by_id_prefix_and_pattern_name_the_rule() -> None:
+def test_exclusions_by_id_and_prefix_name_the_rule() -> None:
     """Excluded items are dropped with the rule that matched."""
-    ex = Exclusions.build(items=["recalled-1"], prefixes=["ALC-", "TOB-"], patterns=[r"^GIFT\d+$"])
-    d = run(("ALC-wine", "recalled-1", "TOB-cig", "GIFT25", "GIFTX", "milk"), exclusions=ex, k=10)
+    ex = Exclusions.build(items=["recalled-1"], prefixes=["ALC-", "TOB-"])
+    d = run(("ALC-wine", "recalled-1", "TOB-cig", "milk"), exclusions=ex, k=10)
 
-    assert d.item_ids == ("GIFTX", "milk")
+    assert d.item_ids == ("milk",)
     assert [(x.item, x.detail) for x in d.dropped] == [
         ("ALC-wine", "excluded by prefix ALC-"),
         ("recalled-1", "excluded by item recalled-1"),
         ("TOB-cig", "excluded by prefix TOB-"),
-        ("GIFT25", r"excluded by pattern ^GIFT\d+$"),
     ]
     assert all(x.reason == "excluded" for x in d.dropped)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"prefixes": [""]}, "non-empty"),
-        ({"items": [""]}, "non-empty"),
-        ({"patterns": ["("]}, "not a regular expression"),
-        ({"patterns": [".*"]}, "matches every item"),
-        ({"prefixes": "ALC-"}, "list of strings"),
-    ],
-)
-def test_exclusions_that_would_silence_the_store_or_cannot_compile_are_refused(
-    kwargs: dict[str, list[str]], message: str
-) -> None:
-    """An empty prefix, a match-all pattern or a broken regex is a config error."""
-    with pytest.raises(ValueError, match=message):
-        Exclusions.build(**kwargs)
 
 
 # -- consent -----------------------------------------------------------------------------
@@ -400,22 +382,6 @@ def test_bad_records_are_counted_and_ignored() -> None:
     assert len(caps) == 0 and caps.stats()["bad"] == 3
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"item_shows_per_visit": 0},
-        {"decisions_per_trigger": True},
-        {"max_visits": 1.5},
-        {"idle_s": math.inf},
-        {"trigger_limits": {"arrived": 0}},
-    ],
-)
-def test_cap_params_are_validated(kwargs: dict[str, Any]) -> None:
-    """Limits are integers of at least 1 and the idle time a finite positive number."""
-    with pytest.raises(ValueError):
-        CapParams(**kwargs)
-
-
 # -- hostile inputs -------------------------------------------------------------------
 
 
@@ -506,5 +472,5 @@ def test_hostile_inputs_never_raise_and_the_invariants_hold(
         assert not (
             isinstance(q, int | float) and not isinstance(q, bool) and math.isfinite(q) and q <= 0
         )
-    assert {x.reason for x in d.dropped} <= set(DROP_REASONS)
+    assert {x.reason for x in d.dropped} <= set(typing.get_args(DropReason))
     assert d.examined <= MAX_EXAMINED

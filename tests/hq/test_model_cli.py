@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gateway.decision.bundle import read_manifest
 from gateway.hq import evaluate as ev
-from gateway.hq.bundles import verify_bundle
 from gateway.hq.orders import write_orders
 from gateway.hq.synthetic import SyntheticSpec, synthetic_orders
 
@@ -96,7 +96,7 @@ def recommend(trained, requests: Path, variant: str = "fp32", *extra: str):
 def test_train_writes_signed_bundles_of_both_variants(trained):
     """--variant both writes OUT/fp32 and OUT/int8, each signed and at the given version."""
     for variant in ("fp32", "int8"):
-        doc = verify_bundle(trained["bundle"] / variant, [trained["key"].public_key()])
+        doc = read_manifest(trained["bundle"] / variant, [trained["key"].public_key()])
         assert doc["variant"] == variant
         assert doc["version"] == 7
         assert len(doc["popular"]["overall"]) <= 100

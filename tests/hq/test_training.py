@@ -13,26 +13,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.decision.features import (
-    DecayParams,
     FeedRequest,
     ShopperFeatures,
     batch_feed,
     features_from_attributes,
-    features_to_attributes,
-    neighbour_vectors,
     request_feed,
-    tifu_vector,
 )
 from gateway.errors import OrdersError
 from gateway.hq import evaluate as ev
 from gateway.hq import training as T
-from gateway.hq.orders import Order, read_orders_text
+from gateway.hq.features import DecayParams, features_to_attributes, neighbour_vectors, tifu_vector
+from gateway.hq.orders import Order, OrdersFile, read_orders
 from gateway.hq.synthetic import DEMO_CODES, SyntheticSpec, ean13, synthetic_orders
 
 HEADER = (
     "order_id,user_id,order_number,order_dow,order_hour_of_day,"
     "days_since_prior_order,product_id,add_to_cart_order"
 )
+
+
+def read_text(tmp_path, text: str) -> OrdersFile:
+    """``text`` read back as an Orders CSV file, the way `model train` reads one."""
+    path = tmp_path / "orders.csv"
+    path.write_text(text, encoding="utf-8", newline="")
+    return read_orders(path)
 
 
 def make_order(items, *, user="1", number=1, hour=10, dow=2, order_id=None, gap=7.0):
@@ -56,7 +60,7 @@ def small_ranker():
 # -- orders --------------------------------------------------------------------------------
 
 
-def test_orders_reader_groups_sorts_and_ignores_extra_columns():
+def test_orders_reader_groups_sorts_and_ignores_extra_columns(tmp_path):
     """Rows become orders in add-to-cart order, sorted by order_number; extra columns ignored."""
     text = "\n".join(
         [
@@ -66,14 +70,14 @@ def test_orders_reader_groups_sorts_and_ignores_extra_columns():
             "o1,17,1,1,8,,c,1,0",
         ]
     )
-    orders = read_orders_text(text).by_user["17"]
+    orders = read_text(tmp_path, text).by_user["17"]
     assert [o.order_id for o in orders] == ["o1", "o2"]
     assert orders[1].items == ("a", "b")
     assert orders[0].days_since_prior is None
     assert orders[1].days_since_prior == 7.0
 
 
-def test_orders_reader_counts_garbage_rows_and_keeps_going():
+def test_orders_reader_counts_garbage_rows_and_keeps_going(tmp_path):
     """Bad rows are counted and described with line numbers; good rows still load."""
     text = "\n".join(
         [
@@ -85,16 +89,16 @@ def test_orders_reader_counts_garbage_rows_and_keeps_going():
             "o1,1,1,1,8,,d,4",
         ]
     )
-    result = read_orders_text(text)
+    result = read_text(tmp_path, text)
     assert result.bad_rows == 3
     assert result.by_user["1"][0].items == ("a", "d")
     assert any("line 3" in p for p in result.problems)
 
 
-def test_orders_reader_skips_an_endless_line_without_holding_it():
+def test_orders_reader_skips_an_endless_line_without_holding_it(tmp_path):
     """A line over the cap is skipped and counted, not parsed."""
     text = HEADER + "\n" + "o1,1,1,1,8,,a,1\n" + "x" * 100_000 + "\n" + "o1,1,1,1,8,,b,2\n"
-    result = read_orders_text(text)
+    result = read_text(tmp_path, text)
     assert result.by_user["1"][0].items == ("a", "b")
     assert result.bad_rows == 1
 
@@ -107,10 +111,10 @@ def test_orders_reader_skips_an_endless_line_without_holding_it():
         (HEADER + "\n", "no usable order rows"),
     ],
 )
-def test_orders_reader_unusable_files(text, message):
+def test_orders_reader_unusable_files(tmp_path, text, message):
     """Unusable files raise OrdersError with a message fit for the command line."""
     with pytest.raises(OrdersError, match=message):
-        read_orders_text(text)
+        read_text(tmp_path, text)
 
 
 # -- protocol ------------------------------------------------------------------------------
