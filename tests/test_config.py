@@ -344,3 +344,22 @@ def test_bad_caps_periods_and_exclusions_are_refused(decision: dict[str, Any], p
     """Caps are integers of at least 1, the summary period finite and positive, exclusions a
     list of non-empty ids (an empty prefix would exclude every item and silence the store)."""
     assert [p for p, _ in problems_of(make_raw(decision=decision))] == [path]
+
+
+@pytest.mark.parametrize(
+    ("presence", "path"),
+    [
+        ({"visit_gap_s": math.nan}, "presence.visit_gap_s"),
+        ({"visit_gap_s": 0}, "presence.visit_gap_s"),
+        ({"left_after_s": -1.0}, "presence.left_after_s"),
+        ({"dwelled_after_s": math.inf}, "presence.dwelled_after_s"),
+        ({"margin_db": -3}, "presence.margin_db"),
+        ({"min_dwell_s": "6"}, "presence.min_dwell_s"),
+    ],
+)
+def test_bad_presence_tuning_is_refused_with_its_dotted_path(
+    presence: dict[str, Any], path: str
+) -> None:
+    """The presence and visit tuning store IT may set is checked once, by the config: a
+    gap or delay that is not a finite positive number (or a negative margin) is refused."""
+    assert [p for p, _ in problems_of(make_raw(presence=presence))] == [path]
