@@ -93,7 +93,7 @@ class DemoTill:
     def _receipt(self, index: int) -> list[bytes]:
         number, shopper, items = self.sales[index]
         linked = shopper is not None and shopper == self.loyalty_shopper
-        if linked and self.suggestion is not None:
+        if linked and shopper is not None and self.suggestion is not None:
             item = self.suggestion(shopper)
             if item is not None and item.isdigit():
                 # The item the associate suggested replaces the last one picked.

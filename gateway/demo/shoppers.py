@@ -63,7 +63,8 @@ class DemoShoppers:
         # serves them from there (gateway/demo/pos.py).
         self.checkouts: list[tuple[str, float]] = []
         self.foreign_devices = len(FOREIGN_SEEDS)
-        streams = []
+        # (unix time, scanner, manufacturer data, service data, rssi, device address)
+        streams: list[list[tuple[float, str, dict[int, bytes], dict[str, bytes], float, str]]] = []
         exits = []
         for i, shopper in enumerate(self.opted_in):
             enter_at = start_at + FIRST_SHOPPER_AT_S + i * SHOPPER_GAP_S
@@ -87,11 +88,11 @@ class DemoShoppers:
                 seed, start_at + FIRST_FOREIGN_AT_S + j * FOREIGN_GAP_S, COMPANY_ID
             )
             streams.append([(*a, address) for a in adverts])
-        adverts = sorted((a for s in streams for a in s), key=lambda a: a[0])
+        heard = sorted((a for s in streams for a in s), key=lambda a: a[0])
         # What nobody could hear yet (beacons' warm-up before the gateway started) is left out.
-        adverts = [a for a in adverts if a[0] >= start_at + 1.0]
-        self.radio = [a for a in adverts if a[1] == "pi"]
-        self.satellite = [a for a in adverts if a[1] != "pi"]
+        heard = [a for a in heard if a[0] >= start_at + 1.0]
+        self.radio = [a for a in heard if a[1] == "pi"]
+        self.satellite = [a for a in heard if a[1] != "pi"]
         # The last shopper out, their "left" after LEFT_AFTER_S, and a tick to spare.
         self.ends_at = max(exits) + LEFT_AFTER_S + 3.0
         with open(self.replay_file, "w", encoding="utf-8") as f:

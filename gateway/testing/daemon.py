@@ -52,7 +52,7 @@ def gateway_sections(
     *, store_id: str, db_path: Path, store_port: int, hq_port: int | None = None, **overrides: Any
 ) -> dict[str, Any]:
     """A config for a test or demo gateway: local brokers, fast reconnects, JSON logs."""
-    sections: dict[str, dict[str, Any]] = {
+    sections: dict[str, Any] = {
         "store": {"id": store_id},
         "storage": {"path": str(db_path), "ballast_mb": 0},
         "store_broker": {

@@ -54,11 +54,12 @@ class HqReceiver:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = lambda *a: self._connected.clear()
         self._client.on_message = self._on_message
-        self._client.reconnect_delay_set(0.05, 0.5)
+        # paho types these as int but sleeps on them as float: a test must reconnect fast.
+        self._client.reconnect_delay_set(0.05, 0.5)  # type: ignore[arg-type]
         self.host, self.port = host, port
 
     def start(self, timeout_s: float = 10.0) -> HqReceiver:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho's own
         props.SessionExpiryInterval = 3600
         self._client.connect(self.host, self.port, clean_start=False, properties=props)
         self._client.loop_start()
