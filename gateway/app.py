@@ -1,4 +1,10 @@
-"""The composition root: builds every adapter from the config and supervises them.
+"""The composition root: builds every adapter and stage from the config, wires them,
+and supervises them.
+
+The only module that builds adapters (the SQLite writer, broker connections, the
+BLE scanner, serial lanes, the ranker) and hands each stage its own config
+sections and the ports it needs (gateway/ports.py); later stages subscribe to
+earlier stages' fan-outs here. docs/architecture.md draws the result.
 
 All long-running work is a named task in one TaskGroup; a task that dies takes
 the process down (systemd restarts it). A stop request (SIGTERM) ends the
@@ -165,29 +171,35 @@ class Gateway:
         )
         # Shoppers: when there is a scanner to hear them (the Pi's radio or a satellite)
         # or a lane where they can identify themselves with a loyalty scan.
-        self.flow: ShopperFlow | None = None
+        self.shoppers: ShopperFlow | None = None
         if scanner_zones(cfg.ble, cfg.satellites) or cfg.lanes:
-            self.flow = build_shoppers(cfg, self.clock, OutboxSink(self.outbox, "presence_event"))
+            self.shoppers = build_shoppers(
+                cfg, self.clock, OutboxSink(self.outbox, "presence_event")
+            )
         self.scanner: BleScanner | None = None
         self.satellites: SatelliteDecoder | None = None
-        if self.flow is not None:
+        if self.shoppers is not None:
             if cfg.ble.enabled:
                 backend = (
                     replay_backend(cfg.ble.replay_file)
                     if cfg.ble.backend == "replay" and cfg.ble.replay_file is not None
                     else None  # BlueZ, bleak's own choice
                 )
-                self.scanner = BleScanner(cfg.ble, self.flow.pi_advert, self.clock, backend=backend)
+                self.scanner = BleScanner(
+                    cfg.ble, self.shoppers.pi_advert, self.clock, backend=backend
+                )
             if cfg.satellites:
-                self.satellites = SatelliteDecoder(cfg.satellites, self.flow.on_advert, self.clock)
+                self.satellites = SatelliteDecoder(
+                    cfg.satellites, self.shoppers.on_advert, self.clock
+                )
                 for topic in self.satellites.topic_filters():
                     self.bus.conn.subscribe(topic, self.satellites.on_message)
             if self.downlink is not None:
-                self.downlink.on_change(self.flow.on_downlink)
-        self.pos: CheckoutFlow | None = None
+                self.downlink.on_change(self.shoppers.on_downlink)
+        self.checkout: CheckoutFlow | None = None
         if cfg.lanes:
-            self.pos = build_checkout(
-                cfg, self.clock, OutboxSink(self.outbox, "pos_transaction"), self.flow
+            self.checkout = build_checkout(
+                cfg, self.clock, OutboxSink(self.outbox, "pos_transaction"), self.shoppers
             )
         self.decision: DecisionFlow | None = None
         if cfg.decision.enabled:
@@ -196,8 +208,8 @@ class Gateway:
                 self.clock,
                 OutboxSink(self.outbox, "decision_event"),
                 self.bus,
-                self.flow,
-                self.pos,
+                self.shoppers,
+                self.checkout,
             )
             if self.downlink is not None:
                 self.downlink.on_change(self.decision.on_downlink)
@@ -237,10 +249,10 @@ class Gateway:
             doc["ble"] = self.scanner.stats()
         if self.satellites is not None:
             doc["satellites"] = self.satellites.stats()
-        if self.flow is not None:
-            doc["shoppers"] = self.flow.stats()
-        if self.pos is not None:
-            doc["pos"] = self.pos.stats()
+        if self.shoppers is not None:
+            doc["shoppers"] = self.shoppers.stats()
+        if self.checkout is not None:
+            doc["pos"] = self.checkout.stats()
         if self.decision is not None:
             doc["decision"] = self.decision.stats()
         if self.cfg.simulation.events_per_s > 0:
@@ -273,14 +285,14 @@ class Gateway:
                 tasks.update(self.hq.tasks())
             if self.downlink is not None:
                 tasks.update(self.downlink.tasks())
-            if self.flow is not None:
+            if self.shoppers is not None:
                 profiles, consents = await self.writer.run(profile_rows.load_all)
-                self.flow.load(profiles, consents)
-                tasks.update(self.flow.tasks())
+                self.shoppers.load(profiles, consents)
+                tasks.update(self.shoppers.tasks())
             if self.scanner is not None:
                 tasks["ble-scanner"] = self.scanner.run()
-            if self.pos is not None:
-                tasks.update(self.pos.tasks())
+            if self.checkout is not None:
+                tasks.update(self.checkout.tasks())
             if self.decision is not None:
                 self.decision.stock.update(await self.writer.run(_load_stock))
                 tasks.update(self.decision.tasks())

@@ -83,7 +83,7 @@ class StoreDisplay(Protocol):
     """The store's own screens: associates' tablets, zone screens, lane displays."""
 
     def show(self, output: object) -> None:
-        """Publish ``output`` (a ``gateway.decision.flow.Shown``) to the devices it is for."""
+        """Publish ``output`` (a ``gateway.decision.records.Shown``) to the devices it is for."""
         ...
 
 
