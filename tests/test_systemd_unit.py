@@ -240,3 +240,38 @@ def test_unit_starts_after_the_broker_and_bluetooth_without_requiring_them() -> 
     assert "Requires" not in unit
     assert "BindsTo" not in unit
     assert only(unit_settings()["Install"], "WantedBy") == "multi-user.target"
+
+
+# The highest peak RSS measured (bench/outbox.py, a 1,000,000-event backlog filled and
+# drained), in bytes: the soft limit must sit well above it.
+MEASURED_PEAK_RSS = 151 * 10**6
+# The smallest Pi the gateway runs on (Zero 2 W) has 512 MB; the kernel, Mosquitto
+# and BlueZ need what the hard limit leaves them.
+SMALLEST_PI_BYTES = 512 * 2**20
+LEFT_FOR_THE_REST_BYTES = 128 * 2**20
+
+
+def memory_bytes(value: str) -> int:
+    """A systemd memory size (``256M``, ``1G``, bytes) in bytes (base 1024, as systemd)."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    if value[-1:].upper() in units:
+        return int(float(value[:-1]) * units[value[-1].upper()])
+    return int(value)
+
+
+def test_unit_caps_memory_for_a_pi_above_the_measured_peak() -> None:
+    """MemoryHigh and MemoryMax are both set, MemoryHigh < MemoryMax, MemoryHigh is at least
+    1.5x the measured peak RSS, and MemoryMax leaves 128 MB of a 512 MB Pi to the rest."""
+    service = unit_settings()["Service"]
+    high = memory_bytes(only(service, "MemoryHigh"))
+    hard = memory_bytes(only(service, "MemoryMax"))
+    assert high < hard
+    assert high >= 1.5 * MEASURED_PEAK_RSS
+    assert hard <= SMALLEST_PI_BYTES - LEFT_FOR_THE_REST_BYTES
+
+
+def test_memory_check_reads_systemd_sizes() -> None:
+    """The size parser of the check above reads systemd's suffixes in base 1024."""
+    assert memory_bytes("256M") == 256 * 2**20
+    assert memory_bytes("1G") == 2**30
+    assert memory_bytes("4096") == 4096

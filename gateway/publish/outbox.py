@@ -3,7 +3,8 @@
 Producers ``await put(event)``; the call returns the event's id
 (``{store}:{seq}``) only after the row is fsynced (``synchronous=FULL``).
 Puts that arrive while a commit is running are gathered into the next one
-(group commit), so the fsync is paid once per batch, not once per event.
+(group commit), so the fsync is paid once per batch, not once per event. This
+module is the policy; every SQL statement is in ``gateway.storage.outbox``.
 
 Rows leave the table in two ways only:
 
@@ -11,14 +12,32 @@ Rows leave the table in two ways only:
 * shed by policy: the table is over ``outbox.max_mb`` or a row is older than
   ``outbox.max_age_h``, or the disk is full. The lowest class goes first
   (``Priority.LOW``, then NORMAL, then HIGH); ``CRITICAL`` rows (consent,
-  transactions, loss reports) are never shed. Every shed row is counted in
-  ``outbox_loss`` in the same transaction that deletes it, and those counts go
-  upstream as ``outbox_loss`` events (themselves CRITICAL).
+  transactions, loss reports) are never shed.
 
 When SQLite reports SQLITE_FULL, the writer deletes the ballast file,
 checkpoints, sheds the lowest classes in batches with a checkpoint after each,
-and retries. CRITICAL events that still do not fit wait in memory (their
-producers stay blocked, so nothing acknowledged is lost) and are retried.
+and retries. CRITICAL events that still do not fit are held in memory (their
+producers stay blocked, so nothing acknowledged is lost) and retried every
+``FULL_RETRY_S``; other events that still do not fit are *refused at the door*:
+they never get an id and their producer gets ``OutboxRejected``.
+
+Loss accounting, which adds up (docs/runbook.md, "Loss accounting"):
+
+* Shed after commit (reasons ``over_budget``, ``expired``, ``disk_full``): each
+  deleted row is counted in ``outbox_loss`` in the same transaction that
+  deletes it. Health's ``shed_total`` is read back from that table after the
+  transaction commits, never added up beforehand, so a rolled-back delete is
+  never counted and health equals the table, also after a restart.
+* Refused at the door (reason ``refused``): the database cannot take a count
+  at that moment, so the count goes first to the refusal counter file
+  (``gateway.storage.refusals``, pwrite + fdatasync into blocks allocated in
+  advance) before the producers are told, and is folded into ``outbox_loss``
+  by the next commit that fits. A SIGKILL in between loses nothing.
+* Loss reports (``outbox_loss`` events, CRITICAL) carry what ``outbox_loss``
+  holds beyond what was reported; the rows are marked reported in the very
+  transaction that commits the report, so a crash can neither send a count
+  twice nor drop it. So, for HQ: ids committed = ids received + the shed counts
+  reported, and the refused counts are the events that never had an id.
 """
 
 from __future__ import annotations
@@ -29,16 +48,27 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.clock import Clock
 from gateway.config import OutboxSection
 from gateway.errors import OutboxRejected, StorageError
 from gateway.events import Priority, UpEvent
 from gateway.log import get_logger
-from gateway.storage.store import SqliteWriter, checkpoint, is_full_error
+from gateway.storage import outbox as outbox_rows
+from gateway.storage.outbox import REFUSED, LossLine, NewRow, OutboxRow
+from gateway.storage.refusals import RefusalCounter, refusals_path
+from gateway.storage.store import (
+    SqliteWriter,
+    checkpoint,
+    is_full_error,
+    rollback,
+    transaction,
+)
+
+__all__ = ["REFUSED", "Outbox", "OutboxRow", "UpstreamSender"]
 
 # Rows deleted per transaction while recovering from a full disk: small enough
 # that the delete fits in the WAL space the ballast gave back.
@@ -52,17 +82,12 @@ HEADROOM_SHARE = 0.10
 HEADROOM_MIN_BYTES = 16 * 1024 * 1024
 # How often expired rows are swept (seconds).
 AGE_SWEEP_S = 30.0
-# A CRITICAL event that did not fit is retried this often while the disk is full.
+# CRITICAL events that did not fit are retried this often while the disk is full:
+# often enough that they go in soon after space returns, rarely enough that a
+# long full disk does not spend the writer on inserts bound to fail.
 FULL_RETRY_S = 1.0
 SHEDDABLE = (Priority.LOW, Priority.NORMAL, Priority.HIGH)
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    seq: int
-    kind: str
-    payload: bytes
-    priority: int
+REFUSED_MESSAGE = "disk full: event refused (counted in outbox_loss as refused)"
 
 
 @dataclass
@@ -73,14 +98,36 @@ class _Ledger:
     count: dict[int, int] = field(default_factory=lambda: {p: 0 for p in Priority})
     bytes: dict[int, int] = field(default_factory=lambda: {p: 0 for p in Priority})
     oldest_at: float | None = None
-    # Loss not yet written to outbox_loss (the disk was full): (kind, reason, prio) -> [n, bytes]
-    unwritten_loss: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)
+    # outbox_loss as committed, (kind, reason) -> (count, bytes): read back from
+    # the table after every commit that wrote to it, never added up in advance.
+    loss: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
 class _Pending:
     event: UpEvent
     future: asyncio.Future[str]
+    # A loss report carries the outbox_loss rows it reports: they are marked
+    # reported in the transaction that commits it.
+    reports: tuple[LossLine, ...] = ()
+
+
+@dataclass(frozen=True)
+class _LossFigures:
+    """What health says about loss; built on the writer thread after a commit."""
+
+    shed_total: dict[str, int]
+    refused_unfolded: int
+    refusal_file_ok: bool
+
+
+class _CommitResult(NamedTuple):
+    ids: list[str | None]
+    delivered: int
+    full: bool
+    figures: _LossFigures | None
+    # Acks a full disk kept us from deleting: they go back in the queue.
+    acked_retry: list[int]
 
 
 class Outbox:
@@ -96,48 +143,64 @@ class Outbox:
         self.max_bytes = int(cfg.max_mb * 1024 * 1024)
         self.new_rows = asyncio.Event()
         self._ledger = _Ledger()
+        self._refusals = RefusalCounter(refusals_path(writer.path))
         self._pending: list[_Pending] = []
+        # CRITICAL events a full disk could not take, retried from _held_retry_at on.
+        self._held: list[_Pending] = []
+        self._held_retry_at = 0.0
         self._acked: list[int] = []
         self._wake = asyncio.Event()
+        self._report: _Pending | None = None
         self._log = get_logger("outbox")
         # Figures for health (read on the loop; written from job results).
         self.committed_total = 0
         self.delivered_total = 0
         self.shed_total: dict[str, int] = {}
+        self.refused_unfolded = 0
+        self.refusal_file_ok = False
         self.disk_full = False
         self.disk_full_events = 0
         self.last_commit_ms = 0.0
         self.commits = 0
         self._last_loss_report = 0.0
         self._last_age_sweep = 0.0
-        # Acks a full disk kept us from deleting (set by a writer job, read after it).
-        self._acked_retry: list[int] = []
         # Writer-side: a full disk was hit and real headroom has not come back yet.
         self._was_full = False
 
     # -- start --------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Load the sequence counter and the table's figures."""
-        await self.writer.run(self._load_job)
-        self.shed_total = await self.writer.run(_shed_totals)
+        """Load the sequence counter and the table's figures; fold refusals left by a crash."""
+        self._apply(await self.writer.run(self._open_job))
 
-    def _load_job(self, conn: sqlite3.Connection) -> None:
+    def _open_job(self, conn: sqlite3.Connection) -> _LossFigures:
         led = self._ledger
-        row = conn.execute("SELECT value FROM meta WHERE key='outbox_next_seq'").fetchone()
-        max_seq = conn.execute("SELECT max(seq) FROM outbox").fetchone()[0] or 0
-        led.next_seq = max(int(row[0]) if row else 1, max_seq + 1)
-        for prio, n, size in conn.execute(
-            "SELECT priority, count(*), coalesce(sum(size), 0) FROM outbox GROUP BY priority"
-        ):
-            led.count[prio] = n
-            led.bytes[prio] = size
-        led.oldest_at = conn.execute("SELECT min(created_at) FROM outbox").fetchone()[0]
+        led.next_seq = outbox_rows.next_seq(conn)
+        self._reload_counts(conn)
+        led.loss = outbox_rows.loss_totals(conn)
+        floor = {
+            ln.kind: (ln.priority, ln.shed_count, ln.shed_bytes)
+            for ln in outbox_rows.loss_lines(conn)
+            if ln.reason == REFUSED
+        }
+        outcome = self._refusals.open(outbox_rows.database_id(conn), floor)
+        if outcome != "read":
+            self._log.info("refusal_counter_opened", path=str(self._refusals.path), outcome=outcome)
+        if self._unfolded():
+            try:
+                with transaction(conn):
+                    self._fold_refusals(conn)
+                led.loss = outbox_rows.loss_totals(conn)
+            except sqlite3.Error as exc:
+                if not is_full_error(exc):
+                    raise
+                # Still full: the first commit that fits folds them.
+        return self._figures()
 
     # -- producers ----------------------------------------------------------------
 
     async def put(self, event: UpEvent) -> str:
-        """Commit ``event``; its id once it is on disk. Raises OutboxRejected if shed."""
+        """Commit ``event``; its id once it is on disk. Raises OutboxRejected if refused."""
         return await self.enqueue(event)
 
     def enqueue(self, event: UpEvent) -> asyncio.Future[str]:
@@ -162,26 +225,20 @@ class Outbox:
         if not wanted:
             return 0
         dropped = 0
-        keep: list[_Pending] = []
-        for p in self._pending:
-            if p.event.subject in wanted:
-                dropped += 1
-                if not p.future.done():
-                    p.future.set_exception(OutboxRejected("erased: the shopper opted out"))
-            else:
-                keep.append(p)
-        self._pending = keep
-        names = sorted(wanted)
+        for queue in (self._pending, self._held):
+            keep: list[_Pending] = []
+            for p in queue:
+                if p.event.subject in wanted:
+                    dropped += 1
+                    if not p.future.done():
+                        p.future.set_exception(OutboxRejected("erased: the shopper opted out"))
+                else:
+                    keep.append(p)
+            queue[:] = keep
 
         def job(conn: sqlite3.Connection) -> list[tuple[int, int]]:
-            conn.execute("BEGIN IMMEDIATE")
-            gone = conn.execute(
-                "DELETE FROM outbox WHERE subject IN (SELECT value FROM json_each(?)) "
-                "RETURNING priority, size",
-                (json.dumps(names),),
-            ).fetchall()
-            conn.execute("COMMIT")
-            return [(int(p), int(n)) for p, n in gone]
+            with transaction(conn):
+                return outbox_rows.delete_subjects(conn, wanted)
 
         gone = await self.writer.run(job)
         self._forget(gone)
@@ -193,11 +250,11 @@ class Outbox:
 
     async def fetch(self, after_seq: int, limit: int) -> list[OutboxRow]:
         """Up to ``limit`` rows with ``seq > after_seq``, oldest first."""
-        return await self.writer.run(lambda conn: _fetch(conn, after_seq, limit))
+        return await self.writer.run(lambda conn: outbox_rows.fetch_after(conn, after_seq, limit))
 
     async def fetch_seqs(self, seqs: list[int]) -> list[OutboxRow]:
         """The rows among ``seqs`` that are still in the outbox."""
-        return await self.writer.run(lambda conn: _fetch_seqs(conn, seqs))
+        return await self.writer.run(lambda conn: outbox_rows.fetch_seqs(conn, seqs))
 
     def acked(self, seq: int) -> None:
         """HQ acknowledged ``seq``: delete it in the next commit."""
@@ -221,13 +278,21 @@ class Outbox:
             "committed_total": self.committed_total,
             "delivered_total": self.delivered_total,
             "shed_total": dict(self.shed_total),
+            "refused_unfolded": self.refused_unfolded,
+            "refusal_file_ok": self.refusal_file_ok,
             "next_seq": led.next_seq,
             "disk_full": self.disk_full,
             "disk_full_events": self.disk_full_events,
             "ballast_present": self.writer.ballast_path.exists(),
             "last_commit_ms": round(self.last_commit_ms, 2),
-            "pending": len(self._pending),
+            "pending": len(self._pending) + len(self._held),
         }
+
+    def _apply(self, figures: _LossFigures | None) -> None:
+        if figures is not None:
+            self.shed_total = figures.shed_total
+            self.refused_unfolded = figures.refused_unfolded
+            self.refusal_file_ok = figures.refusal_file_ok
 
     # -- the commit loop (a task of the composition root) -------------------------
 
@@ -238,6 +303,7 @@ class Outbox:
             while True:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
                 # cancellation that races with the wake-up, and shutdown hangs.
+                # The 1 s timeout is also what retries held CRITICAL events.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self._wake.wait()
@@ -258,20 +324,33 @@ class Outbox:
                 await asyncio.shield(self._commit_once())
 
     async def flush(self) -> None:
-        """Commit everything pending now (used at shutdown and by tests)."""
-        while self._pending or self._acked:
+        """Commit everything pending now (used at shutdown and by tests).
+
+        CRITICAL events a full disk holds are retried until they fit: at
+        shutdown the caller bounds this with a timeout.
+        """
+        loop = asyncio.get_running_loop()
+        while self._pending or self._acked or self._held:
+            if not self._pending and not self._acked:
+                await asyncio.sleep(max(0.0, self._held_retry_at - loop.time()))
             await self._commit_once()
 
     async def _commit_once(self) -> None:
-        batch = self._pending[: self.cfg.commit_batch]
-        del self._pending[: len(batch)]
+        loop = asyncio.get_running_loop()
+        held: list[_Pending] = []
+        if self._held and loop.time() >= self._held_retry_at:
+            held = self._held[: self.cfg.commit_batch]
+            del self._held[: len(held)]
+        fresh = self._pending[: self.cfg.commit_batch]
+        del self._pending[: len(fresh)]
+        # Held events are older than the fresh ones: they keep their place in line.
+        batch = held + fresh
         acked, self._acked = self._acked, []
         if not batch and not acked:
             return
-        events = [p.event for p in batch]
         started = time.perf_counter()
         try:
-            result = await self.writer.run(lambda conn: self._commit_job(conn, events, acked))
+            result = await self.writer.run(lambda conn: self._commit_job(conn, batch, acked))
         except StorageError as exc:
             # Not a full disk (that is handled inside the job): give the error to
             # the producers; acks are kept for the next try.
@@ -283,26 +362,23 @@ class Outbox:
             return
         self.last_commit_ms = (time.perf_counter() - started) * 1000
         self.commits += 1
-        ids, rejected, delivered, shed, full = result
-        if self._acked_retry:
-            self._acked[:0] = self._acked_retry
-            self._acked_retry = []
-        self.delivered_total += delivered
-        for key, n in shed.items():
-            self.shed_total[key] = self.shed_total.get(key, 0) + n
+        if result.acked_retry:
+            self._acked[:0] = result.acked_retry
+        self.delivered_total += result.delivered
+        self._apply(result.figures)
         was_full = self.disk_full
-        self.disk_full = full
-        if full and not was_full:
+        self.disk_full = result.full
+        if result.full and not was_full:
             self.disk_full_events += 1
             self._log.error(
                 "disk_full",
                 path=str(self.writer.path),
                 action="shedding lowest classes; critical events held in memory",
             )
-        elif was_full and not full:
+        elif was_full and not result.full:
             self._log.warning("disk_space_recovered", path=str(self.writer.path))
         retry: list[_Pending] = []
-        for p, ident in zip(batch, ids, strict=True):
+        for p, ident in zip(batch, result.ids, strict=True):
             if p.future.done():
                 continue
             if ident is not None:
@@ -310,71 +386,62 @@ class Outbox:
             elif p.event.priority == Priority.CRITICAL:
                 retry.append(p)
             else:
-                p.future.set_exception(OutboxRejected(rejected))
-        n_ok = sum(1 for i in ids if i is not None)
+                p.future.set_exception(OutboxRejected(REFUSED_MESSAGE))
+        n_ok = sum(1 for i in result.ids if i is not None)
         self.committed_total += n_ok
         if n_ok:
             self.new_rows.set()
         if retry:
             # The disk is full even after shedding everything sheddable: hold
-            # CRITICAL events (their producers stay blocked) and try again soon.
-            await asyncio.sleep(FULL_RETRY_S)
-            self._pending[:0] = retry
+            # CRITICAL events (their producers stay blocked) and try again soon,
+            # while later events keep being committed or refused meanwhile.
+            self._held[:0] = retry
+            self._held_retry_at = loop.time() + FULL_RETRY_S
 
     # -- writer-thread jobs -------------------------------------------------------
 
     def _commit_job(
-        self, conn: sqlite3.Connection, events: list[UpEvent], acked: list[int]
-    ) -> tuple[list[str | None], str, int, dict[str, int], bool]:
-        """Insert ``events`` and delete ``acked`` in one transaction.
-
-        Returns (ids or None per event, rejection reason, delivered, shed counts, full).
-        """
-        shed: dict[str, int] = {}
+        self, conn: sqlite3.Connection, batch: list[_Pending], acked: list[int]
+    ) -> _CommitResult:
+        """Insert ``batch`` and delete ``acked`` in one transaction (or handle a full disk)."""
+        rows, ids = self._rows_for(batch)
         try:
-            ids, delivered = self._insert_and_delete(conn, events, acked, shed)
+            delivered, wrote_loss = self._write(conn, batch, rows, acked)
         except sqlite3.Error as exc:
             if not is_full_error(exc):
                 raise
-            return self._commit_when_full(conn, events, acked, shed)
+            return self._commit_when_full(conn, batch, rows, ids, acked)
         if self.writer.ballast_bytes and not self.writer.ballast_path.exists():
             self.writer.ensure_ballast()
         # A commit that fits is not yet recovery: the flag stays up until there
         # is real room again, so health shows it for as long as it matters.
         full = self._was_full and not self._has_headroom(conn)
         self._was_full = full
-        return ids, "", delivered, shed, full
+        return _CommitResult(ids, delivered, full, self._figures() if wrote_loss else None, [])
 
     def _has_headroom(self, conn: sqlite3.Connection) -> bool:
         """Room to spare under the size cap and on the disk (checked only after a full disk)."""
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        cap = conn.execute("PRAGMA max_page_count").fetchone()[0]
-        used = conn.execute("PRAGMA page_count").fetchone()[0]
-        free_pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        if self.writer.max_size_mb > 0 and (cap - used + free_pages) < cap * HEADROOM_SHARE:
+        pages = outbox_rows.page_figures(conn)
+        spare = pages.max_pages - pages.used_pages + pages.free_pages
+        if self.writer.max_size_mb > 0 and spare < pages.max_pages * HEADROOM_SHARE:
             return False
         try:
             st = os.statvfs(self.writer.path.parent)
         except OSError:
             return True
         disk_free = st.f_bavail * st.f_frsize
-        return disk_free + free_pages * page_size >= max(
+        return disk_free + pages.free_pages * pages.page_size >= max(
             2 * self.writer.ballast_bytes, HEADROOM_MIN_BYTES
         )
 
-    def _insert_and_delete(
-        self,
-        conn: sqlite3.Connection,
-        events: list[UpEvent],
-        acked: list[int],
-        shed: dict[str, int],
-    ) -> tuple[list[str | None], int]:
-        led = self._ledger
-        rows: list[tuple[int, str, int, float, int, bytes, str | None]] = []
-        ids: list[str | None] = []
-        seq = led.next_seq
+    def _rows_for(self, batch: list[_Pending]) -> tuple[list[NewRow], list[str | None]]:
+        """The rows ``batch`` becomes if it fits, numbered from the ledger's next seq."""
+        seq = self._ledger.next_seq
         now = self.clock.wall()
-        for ev in events:
+        rows: list[NewRow] = []
+        ids: list[str | None] = []
+        for p in batch:
+            ev = p.event
             ident = f"{self.store_id}:{seq}"
             payload = json.dumps(
                 {
@@ -388,59 +455,57 @@ class Outbox:
                 separators=(",", ":"),
                 ensure_ascii=False,
             ).encode()
-            rows.append((seq, ev.kind, int(ev.priority), now, len(payload), payload, ev.subject))
+            rows.append(
+                NewRow(seq, ev.kind, int(ev.priority), now, len(payload), payload, ev.subject)
+            )
             ids.append(ident)
             seq += 1
-        conn.execute("BEGIN IMMEDIATE")
-        gone = self._delete_acked(conn, acked)
-        if rows:
-            conn.executemany(
-                "INSERT INTO outbox (seq, kind, priority, created_at, size, payload, subject) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('outbox_next_seq', ?)",
-                (str(seq),),
-            )
-        self._write_unwritten_loss(conn)
-        added = {p: [0, 0] for p in Priority}
+        return rows, ids
+
+    def _write(
+        self,
+        conn: sqlite3.Connection,
+        batch: list[_Pending],
+        rows: list[NewRow],
+        acked: list[int],
+    ) -> tuple[int, bool]:
+        """The group commit: (rows delivered, whether outbox_loss was written)."""
+        led = self._ledger
+        added: dict[int, list[int]] = {int(prio): [0, 0] for prio in Priority}
         for r in rows:
-            added[r[2]][0] += 1
-            added[r[2]][1] += r[4]
-        over = sum(led.bytes.values()) + sum(a[1] for a in added.values()) - self.max_bytes
-        shed_bytes: dict[int, int] = {}
-        shed_counts: dict[int, int] = {}
-        if over > 0:
-            target = over + int(self.max_bytes * (1 - SHED_TARGET))
-            self._shed(conn, target, "over_budget", shed, shed_counts, shed_bytes)
-        conn.execute("COMMIT")
+            added[r.priority][0] += 1
+            added[r.priority][1] += r.size
+        shed_classes: dict[int, list[int]] = {}
+        with transaction(conn):
+            gone = outbox_rows.delete_acked(conn, acked)
+            if rows:
+                outbox_rows.insert_rows(conn, rows, rows[-1].seq + 1)
+            for pending in batch:
+                if pending.reports:
+                    outbox_rows.mark_reported(conn, pending.reports)
+            wrote_loss = self._fold_refusals(conn)
+            over = sum(led.bytes.values()) + sum(a[1] for a in added.values()) - self.max_bytes
+            if over > 0:
+                target = over + int(self.max_bytes * (1 - SHED_TARGET))
+                shed_classes = self._shed_over_budget(conn, target)
+                wrote_loss = wrote_loss or bool(shed_classes)
         # Committed: only now does the in-memory ledger move.
-        led.next_seq = seq
+        if rows:
+            led.next_seq = rows[-1].seq + 1
         self._forget(gone)
         for p, (n, size) in added.items():
             led.count[p] += n
             led.bytes[p] += size
-        for p in shed_counts:
-            led.count[p] -= shed_counts[p]
-            led.bytes[p] -= shed_bytes[p]
+        for p, (n, size) in shed_classes.items():
+            led.count[p] -= n
+            led.bytes[p] -= size
         if rows and led.oldest_at is None:
-            led.oldest_at = now
+            led.oldest_at = rows[0].created_at
         if sum(led.count.values()) == 0:
             led.oldest_at = None
-        return ids, len(gone)
-
-    @staticmethod
-    def _delete_acked(conn: sqlite3.Connection, acked: list[int]) -> list[tuple[int, int]]:
-        """Delete delivered rows; their (priority, size), applied to the ledger after COMMIT."""
-        gone: list[tuple[int, int]] = []
-        for seq in acked:
-            row = conn.execute(
-                "DELETE FROM outbox WHERE seq = ? RETURNING priority, size", (seq,)
-            ).fetchone()
-            if row is not None:
-                gone.append((row[0], row[1]))
-        return gone
+        if wrote_loss:
+            led.loss = outbox_rows.loss_totals(conn)
+        return len(gone), wrote_loss
 
     def _forget(self, gone: list[tuple[int, int]]) -> None:
         led = self._ledger
@@ -448,272 +513,232 @@ class Outbox:
             led.count[prio] -= 1
             led.bytes[prio] -= size
 
-    def _shed(
-        self,
-        conn: sqlite3.Connection,
-        target_bytes: int,
-        reason: str,
-        shed: dict[str, int],
-        shed_counts: dict[int, int],
-        shed_bytes: dict[int, int],
-        *,
-        commit_each: bool = False,
-    ) -> int:
-        """Delete the oldest rows of the lowest classes until ``target_bytes`` are freed."""
+    def _count_loss(
+        self, conn: sqlite3.Connection, victims: list[tuple[str, int]], reason: str, prio: int
+    ) -> tuple[int, int]:
+        """Record shed ``victims`` (kind, size) in outbox_loss; their (count, bytes)."""
+        per_kind: dict[str, list[int]] = {}
+        for kind, size in victims:
+            acc = per_kind.setdefault(kind, [0, 0])
+            acc[0] += 1
+            acc[1] += size
+        now = self.clock.wall()
+        for kind, (n, size) in per_kind.items():
+            outbox_rows.record_loss(conn, kind, reason, prio, n, size, now)
+        return len(victims), sum(size for _, size in victims)
+
+    def _shed_over_budget(
+        self, conn: sqlite3.Connection, target_bytes: int
+    ) -> dict[int, list[int]]:
+        """Inside the open transaction: shed the oldest rows of the lowest classes.
+
+        Returns priority -> [rows, bytes] shed, applied to the ledger after COMMIT.
+        """
+        freed = 0
+        shed: dict[int, list[int]] = {}
+        for prio in SHEDDABLE:
+            while freed < target_bytes:
+                victims = outbox_rows.shed_oldest(conn, int(prio), SHED_BATCH)
+                if not victims:
+                    break
+                n, size = self._count_loss(conn, victims, "over_budget", int(prio))
+                acc = shed.setdefault(int(prio), [0, 0])
+                acc[0] += n
+                acc[1] += size
+                freed += size
+            if freed >= target_bytes:
+                break
+        return shed
+
+    def _shed_when_full(self, conn: sqlite3.Connection, target_bytes: int) -> None:
+        """Shed the lowest classes in batches, each its own transaction plus a checkpoint.
+
+        Deleting needs WAL space too: a small committed batch and a checkpoint
+        give it back before the next. Stops at the first batch that does not fit.
+        """
         freed = 0
         for prio in SHEDDABLE:
             while freed < target_bytes:
-                victims = conn.execute(
-                    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE priority = ? "
-                    "ORDER BY seq LIMIT ?) RETURNING kind, size",
-                    (int(prio), SHED_BATCH),
-                ).fetchall()
+                try:
+                    with transaction(conn):
+                        victims = outbox_rows.shed_oldest(conn, int(prio), SHED_BATCH)
+                        if victims:
+                            freed += self._count_loss(conn, victims, "disk_full", int(prio))[1]
+                except sqlite3.Error as exc:
+                    self._log.warning("outbox_shed_failed", error=str(exc), reason="disk_full")
+                    return
                 if not victims:
                     break
-                per_kind: dict[str, list[int]] = {}
-                for kind, size in victims:
-                    freed += size
-                    acc = per_kind.setdefault(kind, [0, 0])
-                    acc[0] += 1
-                    acc[1] += size
-                    shed_counts[prio] = shed_counts.get(prio, 0) + 1
-                    shed_bytes[prio] = shed_bytes.get(prio, 0) + size
-                for kind, (n, size) in per_kind.items():
-                    _record_loss(conn, kind, reason, int(prio), n, size, self.clock.wall())
-                    key = f"{kind}:{reason}"
-                    shed[key] = shed.get(key, 0) + n
-                if commit_each:
-                    conn.execute("COMMIT")
-                    checkpoint(conn)
-                    conn.execute("BEGIN IMMEDIATE")
+                checkpoint(conn)
             if freed >= target_bytes:
-                break
-        return freed
+                return
 
-    def _write_unwritten_loss(self, conn: sqlite3.Connection) -> None:
-        led = self._ledger
-        for (kind, reason, prio), (n, size) in list(led.unwritten_loss.items()):
-            _record_loss(conn, kind, reason, prio, n, size, self.clock.wall())
-        led.unwritten_loss.clear()
+    def _unfolded(self) -> dict[str, tuple[int, int, int]]:
+        """Refusals counted in the file but not yet in outbox_loss: kind -> (prio, n, bytes)."""
+        out: dict[str, tuple[int, int, int]] = {}
+        for kind, (prio, n, size) in self._refusals.totals.items():
+            have_n, have_b = self._ledger.loss.get((kind, REFUSED), (0, 0))
+            if n > have_n:
+                out[kind] = (prio, n - have_n, size - have_b)
+        return out
+
+    def _fold_refusals(self, conn: sqlite3.Connection) -> bool:
+        """Inside the open transaction: add to outbox_loss what the refusal file has beyond it."""
+        todo = self._unfolded()
+        now = self.clock.wall()
+        for kind, (prio, n, size) in todo.items():
+            outbox_rows.record_loss(conn, kind, REFUSED, prio, n, size, now)
+        return bool(todo)
+
+    def _figures(self) -> _LossFigures:
+        """Health's view of loss: the table as committed, refusals as the file counts them."""
+        shed = {
+            f"{kind}:{reason}": n
+            for (kind, reason), (n, _) in self._ledger.loss.items()
+            if reason != REFUSED and n
+        }
+        for kind, (_, n, _) in self._refusals.totals.items():
+            if n:
+                shed[f"{kind}:{REFUSED}"] = n
+        unfolded = sum(n for _, n, _ in self._unfolded().values())
+        return _LossFigures(shed, unfolded, self._refusals.durable)
 
     def _commit_when_full(
         self,
         conn: sqlite3.Connection,
-        events: list[UpEvent],
+        batch: list[_Pending],
+        rows: list[NewRow],
+        ids: list[str | None],
         acked: list[int],
-        shed: dict[str, int],
-    ) -> tuple[list[str | None], str, int, dict[str, int], bool]:
-        """SQLITE_FULL: free space, shed by class, then store what fits."""
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+    ) -> _CommitResult:
+        """SQLITE_FULL: free space, shed by class, then store what fits; refuse the rest."""
+        rollback(conn)
         self._reload_counts(conn)
         self.writer.release_ballast()
         checkpoint(conn)
-        need = sum(256 + len(json.dumps(e.data)) for e in events) + 64 * 1024
-        # Deleting needs WAL space too; commit after each batch and checkpoint.
-        shed_counts: dict[int, int] = {}
-        shed_bytes: dict[int, int] = {}
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("BEGIN IMMEDIATE")
-            self._shed(conn, need, "disk_full", shed, shed_counts, shed_bytes, commit_each=True)
-            conn.execute("COMMIT")
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+        need = sum(r.size + 256 for r in rows) + 64 * 1024
+        self._shed_when_full(conn, need)
         checkpoint(conn)
         self._reload_counts(conn)
+        self._was_full = True
         try:
-            ids, delivered = self._insert_and_delete(conn, events, acked, shed)
-            self._was_full = True
-            return ids, "", delivered, shed, True
+            delivered, _ = self._write(conn, batch, rows, acked)
         except sqlite3.Error as exc:
             if not is_full_error(exc):
                 raise
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             self._reload_counts(conn)
-        # Still full. Keep CRITICAL events (returned as None, retried by the
-        # loop); drop the rest now and count them, and try acks alone.
-        ids_out: list[str | None] = [None] * len(events)
-        for e in events:
-            if e.priority != Priority.CRITICAL:
-                size = len(json.dumps(e.data)) + 128
-                acc = self._ledger.unwritten_loss.setdefault(
-                    (e.kind, "disk_full", int(e.priority)), [0, 0]
-                )
-                acc[0] += 1
-                acc[1] += size
-                key = f"{e.kind}:disk_full"
-                shed[key] = shed.get(key, 0) + 1
+        else:
+            self._ledger.loss = outbox_rows.loss_totals(conn)
+            return _CommitResult(ids, delivered, True, self._figures(), [])
+        # Still full. CRITICAL events come back as None and are held; the rest
+        # are refused, and counted in the refusal file before anyone is told.
+        refused: dict[str, tuple[int, int, int]] = {}
+        for p, row in zip(batch, rows, strict=True):
+            if p.event.priority != Priority.CRITICAL:
+                _, n, size = refused.get(row.kind, (row.priority, 0, 0))
+                refused[row.kind] = (row.priority, n + 1, size + row.size)
+        if refused:
+            self._refusals.add(refused)
         delivered = 0
+        acked_retry: list[int] = []
         if acked:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                gone = self._delete_acked(conn, acked)
-                conn.execute("COMMIT")
+                with transaction(conn):
+                    gone = outbox_rows.delete_acked(conn, acked)
+            except sqlite3.Error:
+                acked_retry = acked
+            else:
                 self._forget(gone)
                 delivered = len(gone)
-            except sqlite3.Error:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                self._acked_retry = acked
-        self._was_full = True
-        return ids_out, "disk full: event class shed", delivered, shed, True
+        self._ledger.loss = outbox_rows.loss_totals(conn)
+        return _CommitResult([None] * len(batch), delivered, True, self._figures(), acked_retry)
 
     def _reload_counts(self, conn: sqlite3.Connection) -> None:
         led = self._ledger
-        led.count = {p: 0 for p in Priority}
-        led.bytes = {p: 0 for p in Priority}
-        for prio, n, size in conn.execute(
-            "SELECT priority, count(*), coalesce(sum(size), 0) FROM outbox GROUP BY priority"
-        ):
-            led.count[prio] = n
-            led.bytes[prio] = size
-        led.oldest_at = conn.execute("SELECT min(created_at) FROM outbox").fetchone()[0]
+        figures = outbox_rows.class_figures(conn)
+        led.count = {p: figures.get(p, (0, 0))[0] for p in Priority}
+        led.bytes = {p: figures.get(p, (0, 0))[1] for p in Priority}
+        led.oldest_at = outbox_rows.oldest_created_at(conn)
 
     async def _sweep_expired(self) -> None:
         cutoff = self.clock.wall() - self.cfg.max_age_h * 3600
 
-        def job(conn: sqlite3.Connection) -> dict[str, int]:
-            shed: dict[str, int] = {}
+        def job(conn: sqlite3.Connection) -> _LossFigures | None:
             led = self._ledger
             if led.oldest_at is None or led.oldest_at >= cutoff:
-                return shed
+                return None
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                for prio in SHEDDABLE:
-                    victims = conn.execute(
-                        "DELETE FROM outbox WHERE priority = ? AND created_at < ? "
-                        "RETURNING kind, size",
-                        (int(prio), cutoff),
-                    ).fetchall()
-                    per_kind: dict[str, list[int]] = {}
-                    for kind, size in victims:
-                        acc = per_kind.setdefault(kind, [0, 0])
-                        acc[0] += 1
-                        acc[1] += size
-                    for kind, (n, size) in per_kind.items():
-                        _record_loss(conn, kind, "expired", int(prio), n, size, self.clock.wall())
-                        shed[f"{kind}:expired"] = shed.get(f"{kind}:expired", 0) + n
-                conn.execute("COMMIT")
-            except sqlite3.Error:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                with transaction(conn):
+                    for prio in SHEDDABLE:
+                        victims = outbox_rows.shed_created_before(conn, int(prio), cutoff)
+                        if victims:
+                            self._count_loss(conn, victims, "expired", int(prio))
             finally:
                 self._reload_counts(conn)
-            return shed
+                led.loss = outbox_rows.loss_totals(conn)
+            return self._figures()
 
+        before = dict(self.shed_total)
         try:
-            shed = await self.writer.run(job)
+            self._apply(await self.writer.run(job))
         except StorageError as exc:
             self._log.warning("outbox_sweep_failed", error=str(exc))
             return
-        for key, n in shed.items():
-            self.shed_total[key] = self.shed_total.get(key, 0) + n
+        shed = {
+            k: n - before.get(k, 0)
+            for k, n in self.shed_total.items()
+            if k.endswith(":expired") and n > before.get(k, 0)
+        }
         if shed:
             self._log.warning("outbox_expired_shed", shed=shed, max_age_h=self.cfg.max_age_h)
 
     async def _report_loss(self) -> None:
-        """Send one ``outbox_loss`` event with what was shed since the last report."""
+        """Commit one ``outbox_loss`` event with what was lost since the last report.
 
-        def job(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            return [
-                {
-                    "kind": k,
-                    "reason": r,
-                    "class": Priority(p).name.lower(),
-                    "count": sc - rc,
-                    "bytes": sb - rb,
-                    "count_total": sc,
-                }
-                for k, r, p, sc, rc, sb, rb in conn.execute(
-                    "SELECT kind, reason, priority, shed_count, reported_count, shed_bytes, "
-                    "reported_bytes FROM outbox_loss WHERE shed_count > reported_count"
-                )
-            ]
-
+        The event carries the rows it reports, and they are marked reported in
+        the transaction that commits it: a crash before the commit sends the
+        same figures later, a crash after it never sends them twice. This runs
+        inside the commit loop, so it must not await put() (nothing else would
+        commit it: deadlock); it goes first in the queue and this loop commits
+        it itself. If the disk is too full for it, it is held like any CRITICAL
+        event, and no second report is built until it is in.
+        """
+        if self._report is not None and not self._report.future.done():
+            return
         try:
-            lines = await self.writer.run(job)
+            lines = await self.writer.run(
+                lambda conn: outbox_rows.loss_lines(conn, unreported_only=True)
+            )
         except StorageError:
             return
         if not lines:
             return
-        event = UpEvent.of("outbox_loss", {"shed": lines}, self.clock.wall())
-        # The report is committed like any event; once committed, mark the
-        # counts reported. A crash in between re-sends the same figures, which
-        # HQ can tell apart by count_total. This runs inside the commit loop, so
-        # it must not await put() (nothing else would commit it: deadlock);
-        # it goes first in the queue and this loop commits it itself.
+        body = [
+            {
+                "kind": ln.kind,
+                "reason": ln.reason,
+                "class": Priority(ln.priority).name.lower(),
+                "count": ln.shed_count - ln.reported_count,
+                "bytes": ln.shed_bytes - ln.reported_bytes,
+                "count_total": ln.shed_count,
+            }
+            for ln in lines
+        ]
+        event = UpEvent.of("outbox_loss", {"shed": body}, self.clock.wall())
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        report = _Pending(event, fut)
+        report = _Pending(event, fut, reports=tuple(lines))
+        self._report = report
         self._pending.insert(0, report)
         while not fut.done():
             if any(p is report for p in self._pending):
                 await self._commit_once()
+            elif any(p is report for p in self._held):
+                return  # the commit loop retries it, with its lines
             else:
                 # Another committer (a test's loop, flush()) holds it: wait for that.
                 await asyncio.wait({fut}, timeout=FULL_RETRY_S)
-        if fut.exception() is not None:
-            return
-
-        def mark(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            for line in lines:
-                conn.execute(
-                    "UPDATE outbox_loss SET reported_count = reported_count + ?, "
-                    "reported_bytes = reported_bytes + ? WHERE kind = ? AND reason = ?",
-                    (line["count"], line["bytes"], line["kind"], line["reason"]),
-                )
-            conn.execute("COMMIT")
-
-        with contextlib.suppress(StorageError):
-            await self.writer.run(mark)
-        self._log.warning("outbox_loss_reported", shed=lines)
-
-
-def _record_loss(
-    conn: sqlite3.Connection, kind: str, reason: str, prio: int, n: int, size: int, now: float
-) -> None:
-    conn.execute(
-        "INSERT INTO outbox_loss (kind, reason, priority, shed_count, shed_bytes, first_at, "
-        "last_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, reason) DO UPDATE SET "
-        "shed_count = shed_count + excluded.shed_count, "
-        "shed_bytes = shed_bytes + excluded.shed_bytes, last_at = excluded.last_at",
-        (kind, reason, prio, n, size, now, now),
-    )
-
-
-def _shed_totals(conn: sqlite3.Connection) -> dict[str, int]:
-    return {
-        f"{k}:{r}": n
-        for k, r, n in conn.execute("SELECT kind, reason, shed_count FROM outbox_loss")
-    }
-
-
-def _fetch(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[OutboxRow]:
-    return [
-        OutboxRow(*r)
-        for r in conn.execute(
-            "SELECT seq, kind, payload, priority FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, limit),
-        )
-    ]
-
-
-def _fetch_seqs(conn: sqlite3.Connection, seqs: Iterable[int]) -> list[OutboxRow]:
-    seqs = list(seqs)
-    if not seqs:
-        return []
-    marks = ",".join("?" * len(seqs))
-    return [
-        OutboxRow(*r)
-        for r in conn.execute(
-            f"SELECT seq, kind, payload, priority FROM outbox WHERE seq IN ({marks}) "  # noqa: S608 - placeholders only
-            "ORDER BY seq",
-            seqs,
-        )
-    ]
+        if not fut.cancelled() and fut.exception() is None:
+            self._log.warning("outbox_loss_reported", shed=body)
 
 
 class UpstreamSender:

@@ -2,7 +2,7 @@
 
 Add a new function at the end to change the schema; never edit one that has
 shipped. Hot-path tables are written with raw SQL, so columns here are the
-contract with ``store.py`` and ``publish/outbox.py``.
+contract with ``store.py``, ``outbox.py`` and ``profiles.py`` here.
 """
 
 from __future__ import annotations
@@ -93,4 +93,13 @@ def m004_stock(db: Database) -> None:
     db.execute(
         "CREATE TABLE stock (item TEXT PRIMARY KEY, quantity REAL NOT NULL, "
         "updated_at REAL NOT NULL) WITHOUT ROWID"
+    )
+
+
+@migrations()
+def m005_database_id(db: Database) -> None:
+    # A random name for this database, so that a file kept beside it (the refusal
+    # counter, storage/refusals.py) is never taken for another database's.
+    db.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('database_id', lower(hex(randomblob(16))))"
     )

@@ -16,7 +16,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -182,6 +182,29 @@ class SqliteWriter:
             return False
         self._log.warning("ballast_released", path=str(self.ballast_path), bytes=self.ballast_bytes)
         return True
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back if the body or the COMMIT raises.
+
+    A COMMIT that fails (SQLITE_FULL) leaves the transaction open in SQLite, so
+    the rollback covers that case too.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any (a failed ROLLBACK leaves nothing to undo)."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 def checkpoint(conn: sqlite3.Connection) -> None:

@@ -1,4 +1,11 @@
-"""The durable outbox on a real SQLite file: ids, group commit, acks, shedding, disk full, loss."""
+"""The durable outbox on a real SQLite file: ids, group commit, acks, shedding, disk full, loss.
+
+Loss accounting is checked against the file: what health says was shed equals
+``outbox_loss``, which equals the committed ids no longer in the table; events
+refused at the door are counted in the refusal file and folded into
+``outbox_loss`` once there is room, across reopens (a new Outbox on the same
+files knows only what is on disk, as after a SIGKILL).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +22,9 @@ from gateway.config import OutboxSection
 from gateway.errors import OutboxRejected
 from gateway.events import Priority, UpEvent
 from gateway.publish.outbox import Outbox
+from gateway.storage.refusals import refusals_path
 from gateway.storage.store import SqliteWriter
+from tests.full_disk import fill, resize, small_filesystem
 
 STORE = "s1"
 # One kind per shedding class (see gateway.events.KIND_PRIORITY).
@@ -38,10 +47,11 @@ async def open_outbox(
     *,
     clock: ManualClock | None = None,
     max_size_mb: float = 0,
+    ballast_mb: float = 0,
     **outbox: Any,
 ) -> AsyncIterator[Outbox]:
     """A started writer on ``db`` and an opened Outbox whose commit loop runs as a task."""
-    writer = SqliteWriter(db, max_size_mb=max_size_mb, ballast_mb=0)
+    writer = SqliteWriter(db, max_size_mb=max_size_mb, ballast_mb=ballast_mb)
     writer.start()
     ob = Outbox(writer, STORE, OutboxSection(**outbox), clock or ManualClock())
     await ob.open()
@@ -63,6 +73,11 @@ def rows_in_file(db: Path) -> list[tuple[int, str, int]]:
         return list(conn.execute("SELECT seq, kind, priority FROM outbox ORDER BY seq"))
     finally:
         conn.close()
+
+
+def shed_in_file(db: Path) -> dict[str, int]:
+    """``kind:reason`` -> shed_count of every outbox_loss row (health's shed_total keys)."""
+    return {f"{k}:{r}": n for (k, r), (n, _) in loss_in_file(db).items()}
 
 
 def loss_in_file(db: Path) -> dict[tuple[str, str], tuple[int, int]]:
@@ -496,3 +511,241 @@ def test_shed_totals_survive_a_reopen(tmp_path: Path) -> None:
             assert ob.stats()["shed_total"] == before
 
     asyncio.run(scenario())
+
+
+# -- loss accounting that adds up ------------------------------------------------
+
+
+def committed_but_gone(ids: list[str], db: Path) -> int:
+    """How many of the committed ``ids`` are no longer in the table (nothing was acked)."""
+    left = {seq for seq, _, _ in rows_in_file(db)}
+    return sum(1 for ident in ids if seq_of(ident) not in left)
+
+
+def is_held(ob: Outbox, fut: asyncio.Future[str]) -> bool:
+    """True once the outbox holds ``fut``'s CRITICAL event for want of room (private state)."""
+    return any(p.future is fut for p in ob._held)
+
+
+async def fill_with_critical(ob: Outbox, pad: int = 1000) -> asyncio.Future[str]:
+    """Commit CRITICAL rows until one no longer fits; that one, held by the outbox."""
+    for _ in range(5000):
+        fut = ob.enqueue(make_event("transaction", pad=pad))
+        async with asyncio.timeout(30):
+            # Polling: being held is no event the outbox signals.
+            while not fut.done() and not is_held(ob, fut):  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+        if not fut.done():
+            return fut
+        fut.result()
+    raise AssertionError("the capped database never filled up")
+
+
+def test_health_shed_counts_equal_the_table_through_a_full_disk(tmp_path: Path) -> None:
+    """Through a full disk with budget shedding too, stats' shed_total equals outbox_loss
+    row for row, and the committed ids missing from the table are exactly the shed ones."""
+    db = tmp_path / "gw.db"
+    # One transaction in eight: 100 CRITICAL rows take under a third of the 0.25 MB cap,
+    # so LOW and NORMAL rows keep hitting both the cap and the 0.1 MB budget.
+    kinds = ["telemetry"] * 4 + ["presence"] * 3 + ["transaction"]
+
+    async def scenario() -> None:
+        async with open_outbox(db, max_size_mb=0.25, max_mb=0.1) as ob:
+            ids: list[str] = []
+            refused = 0
+            for _ in range(100):
+                futs = [ob.enqueue(make_event(kind, pad=600)) for kind in kinds]
+                for fut in futs:
+                    try:
+                        ids.append(await asyncio.wait_for(fut, timeout=10))
+                    except OutboxRejected:
+                        refused += 1
+            stats = ob.stats()
+            assert stats["disk_full_events"] >= 1
+            assert stats["shed_total"] == shed_in_file(db)
+            shed_after_commit = {
+                k: n for k, n in stats["shed_total"].items() if not k.endswith(":refused")
+            }
+            assert {k.split(":")[1] for k in shed_after_commit} >= {"disk_full", "over_budget"}
+            assert not any(k.startswith("transaction:") for k in stats["shed_total"])
+            assert sum(shed_after_commit.values()) == committed_but_gone(ids, db)
+            refused_counted = sum(
+                n for k, n in stats["shed_total"].items() if k.endswith(":refused")
+            )
+            assert refused_counted == refused
+        async with open_outbox(db, max_size_mb=0.25, max_mb=0.1) as ob:
+            assert ob.stats()["shed_total"] == shed_in_file(db) == stats["shed_total"]
+
+    asyncio.run(scenario())
+
+
+def test_refused_events_are_counted_durably_and_folded_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    """Events refused on a database full of CRITICAL rows are counted in the refusal file
+    (not in outbox_loss, which cannot take them then), still counted by a new Outbox on
+    the same files, folded into outbox_loss (reason refused) exactly once, and reported."""
+    db = tmp_path / "gw.db"
+    refused = 0
+
+    async def scenario() -> None:
+        nonlocal refused
+        async with open_outbox(db, max_size_mb=0.25) as ob:
+            await fill_with_critical(ob)
+            for _ in range(30):
+                try:
+                    # As large as the CRITICAL event that did not fit: nor does this.
+                    await asyncio.wait_for(ob.put(make_event("telemetry", pad=1000)), timeout=10)
+                except OutboxRejected:
+                    refused += 1
+            assert refused == 30, "with only CRITICAL rows nothing else fits"
+            stats = ob.stats()
+            assert stats["shed_total"] == {"telemetry:refused": refused}
+            assert stats["refused_unfolded"] == refused
+            assert stats["refusal_file_ok"] is True
+            assert loss_in_file(db) == {}
+        # As after a SIGKILL: a new Outbox knows only the files. Opening folds the
+        # count into outbox_loss (one small row fits where a 1 KB event did not).
+        async with open_outbox(db, max_size_mb=0.25) as ob:
+            assert ob.stats()["shed_total"] == {"telemetry:refused": refused}
+            assert ob.stats()["refused_unfolded"] == 0
+            assert loss_in_file(db) == {("telemetry", "refused"): (refused, 0)}
+        # Folded once only, and reported once there is room for the report.
+        async with open_outbox(db) as ob:
+            assert loss_in_file(db) == {("telemetry", "refused"): (refused, 0)}
+            assert ob.stats()["shed_total"] == {"telemetry:refused": refused}
+            await ob._report_loss()
+            (report,) = payloads_of_kind(db, "outbox_loss")
+            assert report["data"]["shed"] == [
+                {
+                    "kind": "telemetry",
+                    "reason": "refused",
+                    "class": "low",
+                    "count": refused,
+                    "bytes": report["data"]["shed"][0]["bytes"],
+                    "count_total": refused,
+                }
+            ]
+            assert report["data"]["shed"][0]["bytes"] > refused * 1000
+        async with open_outbox(db) as ob:
+            assert ob.stats()["shed_total"] == {"telemetry:refused": refused}
+        assert loss_in_file(db) == {("telemetry", "refused"): (refused, refused)}
+
+    asyncio.run(scenario())
+
+
+def test_a_held_critical_event_holds_back_no_other_event(tmp_path: Path) -> None:
+    """While a CRITICAL event waits for room, later events are still refused at once, and
+    the CRITICAL one is committed as soon as the database may grow again."""
+    db = tmp_path / "gw.db"
+
+    async def scenario() -> None:
+        async with open_outbox(db, max_size_mb=0.25) as ob:
+            held = await fill_with_critical(ob)
+            assert ob.stats()["pending"] == 1
+            for _ in range(5):
+                with contextlib.suppress(OutboxRejected):
+                    await asyncio.wait_for(ob.put(make_event("telemetry", pad=1000)), timeout=5)
+                    raise AssertionError("a LOW event fitted where a CRITICAL one did not")
+            assert not held.done()
+            await ob.writer.run(lambda conn: conn.execute("PRAGMA max_page_count=1000000"))
+            ident = await asyncio.wait_for(held, timeout=10)
+            assert seq_of(ident) in [seq for seq, _, _ in rows_in_file(db)]
+            assert ob.stats()["pending"] == 0
+            # The next commit that fits folds the refusals.
+            await ob.put(make_event("telemetry"))
+            assert loss_in_file(db) == {("telemetry", "refused"): (5, 0)}
+
+    asyncio.run(scenario())
+
+
+def test_a_report_the_disk_cannot_take_is_sent_once_when_it_can(tmp_path: Path) -> None:
+    """A loss report held by a full disk is not built twice; once in, its lines are
+    marked reported in the same commit, so the next report has nothing to say."""
+    db = tmp_path / "gw.db"
+
+    async def scenario() -> None:
+        async with open_outbox(db, max_size_mb=0.3) as ob:
+            for _ in range(200):
+                with contextlib.suppress(OutboxRejected):
+                    await ob.put(make_event("telemetry", pad=1000))
+            # Down to the smallest CRITICAL event: a loss report no longer fits either.
+            for pad in (1000, 100, 0):
+                await fill_with_critical(ob, pad=pad)
+            assert loss_in_file(db), "the scenario must shed something"
+            await ob._report_loss()
+            await ob._report_loss()
+            assert payloads_of_kind(db, "outbox_loss") == []
+            await ob.writer.run(lambda conn: conn.execute("PRAGMA max_page_count=1000000"))
+            for _ in range(100):
+                await asyncio.sleep(0.1)
+                if payloads_of_kind(db, "outbox_loss"):
+                    break
+            (report,) = payloads_of_kind(db, "outbox_loss")
+            assert {
+                f"{ln['kind']}:{ln['reason']}": ln["count"] for ln in report["data"]["shed"]
+            } == {k: n for k, n in shed_in_file(db).items()}
+            assert all(n == rep for n, rep in loss_in_file(db).values())
+            await ob._report_loss()
+            assert len(payloads_of_kind(db, "outbox_loss")) == 1
+
+    asyncio.run(scenario())
+
+
+def test_on_a_really_full_file_system_every_event_is_committed_or_counted(
+    tmp_path: Path,
+) -> None:
+    """On a tmpfs with no byte free (ENOSPC, not a page cap) each LOW event is committed
+    or refused and counted; the counts survive a reopen and reach outbox_loss once the
+    file system has room again, and no committed CRITICAL row is lost."""
+    refused = 0
+    ids: list[str] = []
+
+    with small_filesystem(tmp_path / "fs", 2048) as fs:
+        db = fs / "gw.db"
+
+        async def fill_up() -> None:
+            nonlocal refused
+            # Ballast on, as in a store: it is given back when the disk fills.
+            async with open_outbox(db, ballast_mb=0.25) as ob:
+                for _ in range(100):
+                    ids.append(await ob.put(make_event("transaction", pad=1000)))
+                fill(fs)
+                # In commits of 50: the first fit in what the ballast gave back, later
+                # ones shed those, and the rest are refused.
+                for _ in range(12):
+                    futs = [ob.enqueue(make_event("telemetry", pad=1000)) for _ in range(50)]
+                    for fut in futs:
+                        try:
+                            ids.append(await asyncio.wait_for(fut, timeout=10))
+                        except OutboxRejected:
+                            refused += 1
+                assert len(ids) - 100 + refused == 600
+                stats = ob.stats()
+                assert stats["disk_full"] is True
+                assert stats["ballast_present"] is False
+                assert refused > 0, "the file system never refused an event"
+                assert stats["shed_total"].get("telemetry:refused") == refused
+                assert stats["refusal_file_ok"] is True
+
+        async def reopen_full() -> None:
+            async with open_outbox(db) as ob:
+                assert ob.stats()["shed_total"].get("telemetry:refused") == refused
+
+        async def reopen_with_room() -> None:
+            async with open_outbox(db) as ob:
+                await ob.put(make_event("telemetry"))
+                assert ob.stats()["refused_unfolded"] == 0
+                assert ob.stats()["shed_total"] == shed_in_file(db)
+
+        asyncio.run(fill_up())
+        asyncio.run(reopen_full())
+        (fs / "filler").unlink()
+        resize(fs, 4096)
+        asyncio.run(reopen_with_room())
+        assert refusals_path(db).stat().st_size > 0
+        loss = shed_in_file(db)
+        assert loss["telemetry:refused"] == refused
+        shed_after_commit = sum(n for k, n in loss.items() if not k.endswith(":refused"))
+        assert shed_after_commit == committed_but_gone(ids, db)
+        assert count_by_class(db)[Priority.CRITICAL] == 100
