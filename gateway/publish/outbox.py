@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import sqlite3
 import time
@@ -57,6 +56,7 @@ from gateway.config import OutboxSection
 from gateway.errors import OutboxRejected, StorageError
 from gateway.events import Priority, UpEvent
 from gateway.log import get_logger
+from gateway.publish import payloads
 from gateway.storage import outbox as outbox_rows
 from gateway.storage.outbox import REFUSED, LossLine, NewRow, OutboxRow
 from gateway.storage.refusals import RefusalCounter, refusals_path
@@ -68,7 +68,7 @@ from gateway.storage.store import (
     transaction,
 )
 
-__all__ = ["REFUSED", "Outbox", "OutboxRow", "UpstreamSender"]
+__all__ = ["REFUSED", "Outbox", "OutboxRow"]
 
 # Rows deleted per transaction while recovering from a full disk: small enough
 # that the delete fits in the WAL space the ballast gave back.
@@ -443,18 +443,7 @@ class Outbox:
         for p in batch:
             ev = p.event
             ident = f"{self.store_id}:{seq}"
-            payload = json.dumps(
-                {
-                    "v": 1,
-                    "id": ident,
-                    "store": self.store_id,
-                    "kind": ev.kind,
-                    "ts": ev.ts,
-                    "data": ev.data,
-                },
-                separators=(",", ":"),
-                ensure_ascii=False,
-            ).encode()
+            payload = payloads.envelope(ident, self.store_id, ev.kind, ev.ts, ev.data)
             rows.append(
                 NewRow(seq, ev.kind, int(ev.priority), now, len(payload), payload, ev.subject)
             )
@@ -713,18 +702,7 @@ class Outbox:
             return
         if not lines:
             return
-        body = [
-            {
-                "kind": ln.kind,
-                "reason": ln.reason,
-                "class": Priority(ln.priority).name.lower(),
-                "count": ln.shed_count - ln.reported_count,
-                "bytes": ln.shed_bytes - ln.reported_bytes,
-                "count_total": ln.shed_count,
-            }
-            for ln in lines
-        ]
-        event = UpEvent.of("outbox_loss", {"shed": body}, self.clock.wall())
+        event = UpEvent.of("outbox_loss", payloads.outbox_loss(lines), self.clock.wall())
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         report = _Pending(event, fut, reports=tuple(lines))
         self._report = report
@@ -738,36 +716,4 @@ class Outbox:
                 # Another committer (a test's loop, flush()) holds it: wait for that.
                 await asyncio.wait({fut}, timeout=FULL_RETRY_S)
         if not fut.cancelled() and fut.exception() is None:
-            self._log.warning("outbox_loss_reported", shed=body)
-
-
-class UpstreamSender:
-    """Hands a stage's events to the outbox without waiting, and counts how they fared.
-
-    ``committed`` counts events the outbox committed, ``rejected`` those it
-    refused (shedding by class, a full disk); anything else is a bug and is
-    logged as ``{what}_not_committed`` with its type only (an event may name a
-    shopper).
-    """
-
-    def __init__(self, outbox: Any, what: str, log: Any | None = None) -> None:
-        self.outbox = outbox
-        self.what = what
-        self._log = log or get_logger("outbox")
-        self.committed = 0
-        self.rejected = 0
-
-    def send(self, event: UpEvent) -> None:
-        self.outbox.enqueue(event).add_done_callback(self._done)
-
-    def _done(self, fut: asyncio.Future[str]) -> None:
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is None:
-            self.committed += 1
-        elif isinstance(exc, OutboxRejected):
-            self.rejected += 1
-            self._log.warning(f"{self.what}_rejected", error=str(exc))
-        else:
-            self._log.error(f"{self.what}_not_committed", error=type(exc).__name__)
+            self._log.warning("outbox_loss_reported", shed=event.data["shed"])

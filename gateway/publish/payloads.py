@@ -20,7 +20,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gateway.decision.records import (
@@ -33,10 +33,11 @@ from gateway.decision.records import (
     Shown,
     Summary,
 )
-from gateway.events import BasketItem, CheckoutCompleted, UpEvent
+from gateway.events import BasketItem, CheckoutCompleted, Priority, UpEvent
 from gateway.identity.presence import PresenceEvent
 from gateway.identity.visits import VisitEvent
 from gateway.sensing.simulated import Scripted
+from gateway.storage.outbox import LossLine
 
 
 def _json(doc: Mapping[str, Any]) -> bytes:
@@ -153,9 +154,22 @@ def consent_applied(message: str, applied_at: float, changes: Mapping[str, int])
     return {"message": message, "applied_at": applied_at, "changes": dict(changes)}
 
 
-def outbox_loss(lines: list[dict[str, Any]]) -> dict[str, Any]:
-    """``outbox_loss``: what the outbox shed since the last report, per kind and reason."""
-    return {"shed": lines}
+def outbox_loss(lines: Iterable[LossLine]) -> dict[str, Any]:
+    """``outbox_loss``: what the outbox shed or refused since the last report, per kind and
+    reason (``count_total``: all of it ever, so HQ can tell a re-sent report apart)."""
+    return {
+        "shed": [
+            {
+                "kind": ln.kind,
+                "reason": ln.reason,
+                "class": Priority(ln.priority).name.lower(),
+                "count": ln.shed_count - ln.reported_count,
+                "bytes": ln.shed_bytes - ln.reported_bytes,
+                "count_total": ln.shed_count,
+            }
+            for ln in lines
+        ]
+    }
 
 
 def simulated(n: int) -> dict[str, Any]:

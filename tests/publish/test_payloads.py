@@ -29,6 +29,7 @@ from gateway.identity.presence import PresenceEvent
 from gateway.identity.visits import VisitEvent
 from gateway.publish import payloads
 from gateway.sensing.simulated import Scripted
+from gateway.storage.outbox import LossLine
 from gateway.testing.asyncapi import ASYNCAPI, _closed_data, up_schemas
 
 T = 1_795_000_000.0
@@ -146,18 +147,7 @@ def test_the_publish_modules_own_payloads_match_their_schemas() -> None:
         ("consent", payloads.consent_applied("m-1", T, {"opt_out": 2})),
         (
             "outbox_loss",
-            payloads.outbox_loss(
-                [
-                    {
-                        "kind": "telemetry",
-                        "reason": "disk_full",
-                        "class": "low",
-                        "count": 3,
-                        "bytes": 600,
-                        "count_total": 3,
-                    }
-                ]
-            ),
+            payloads.outbox_loss([LossLine("telemetry", "refused", 3, 3, 600, 0, 0)]),
         ),
     ):
         env = json.loads(payloads.envelope("s1:8", "s1", kind, T, data))
