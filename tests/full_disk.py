@@ -2,7 +2,8 @@
 
 ``PRAGMA max_page_count`` caps the database but not the WAL, the ballast or any
 other file, so it cannot show what still works when ``write()`` itself fails
-with ENOSPC. Mounting needs root (CI runs as root); elsewhere the tests skip.
+with ENOSPC. Mounting needs root: a developer's run as another user skips these
+tests; as root (CI) a mount that fails is a failure, never a skip.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ FILL_CHUNK = 4096
 def small_filesystem(where: Path, size_kib: int) -> Iterator[Path]:
     """A tmpfs of ``size_kib`` KiB mounted at ``where`` (created) for the duration."""
     where.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     proc = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k,mode=0700", "tmpfs", str(where)],
         capture_output=True,
@@ -31,7 +34,7 @@ def small_filesystem(where: Path, size_kib: int) -> Iterator[Path]:
         check=False,
     )
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+        pytest.fail(f"cannot mount a tmpfs as root: {proc.stderr.strip()}")
     try:
         yield where
     finally:
