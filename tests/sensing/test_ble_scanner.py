@@ -596,6 +596,8 @@ def private_system_bus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        if proc.stdout is not None:  # the pipe is ours to close (else a ResourceWarning)
+            proc.stdout.close()
 
 
 async def fake_bluez(address: str, adapters: set[str], writes: list[tuple[str, bool]]) -> Any:
