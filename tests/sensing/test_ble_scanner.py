@@ -414,7 +414,9 @@ def test_on_advert_raising_is_counted_and_scanning_goes_on() -> None:
         with capture_logs() as logs:
             task = asyncio.create_task(scanner.run())
             await eventually(lambda: len(got.calls) >= 100, "adverts keep coming", scanner)
-            await asyncio.sleep(0.25)  # at least one check closes an interval
+            await eventually(
+                lambda: bool(events(logs, "ble_callback_errors")), "a check's summary", scanner
+            )
             await stop(task)
         stats = scanner.stats()
         assert stats["callback_errors"] == len(got.calls) == stats["adverts"]
