@@ -247,7 +247,9 @@ class LaneSection(Section):
     baudrate: Annotated[int, Field(ge=50, le=4_000_000)] = 9600
     bytesize: Literal[5, 6, 7, 8] = 8
     parity: Literal["N", "E", "O", "M", "S"] = "N"
-    stopbits: Literal[1, 1.5, 2] = 1
+    # The typing spec allows no float in Literal, but pydantic validates one exactly as
+    # wanted (1, 1.5 or 2, nothing else) and names the choices in its error message.
+    stopbits: Literal[1, 1.5, 2] = 1  # type: ignore[valid-type]
     # Lock the device (flock) so no second reader splits the stream; device paths only.
     exclusive: bool = True
     # Reopen delay after the device vanished: doubles from min to max, jittered.

@@ -314,6 +314,11 @@ class EscPosTokenizer:
         "skipped",
         "unknown_codepages",
     )
+    # Declared here because they are first set in helpers that __init__ calls
+    # (_clear_payload, _clear_carry), where mypy would take the first assignment's type.
+    _keep: bytearray | None  # the payload bytes kept (a barcode's), None when dropped
+    _run_bytes: bytes | None  # a carried run's bytes; None when it outgrew the line
+    _esc_tail: bool  # the last payload byte was ESC (ESC @ may follow in the next slice)
 
     def __init__(
         self,
@@ -623,7 +628,9 @@ class EscPosTokenizer:
                 return i + 1
             self.garbage += 2
             return i + 2
-        if type(entry) is int:
+        # isinstance, not ``type(entry) is int``: only isinstance narrows the other branch
+        # to the tuple for mypy (an entry is never a bool, so both mean the same here).
+        if isinstance(entry, int):
             h = 2 + entry
             if i + h > n:
                 return self._stash(data, i)
@@ -779,7 +786,7 @@ class EscPosTokenizer:
         self._rec_hdr.clear()
         self._budget = 0
         self._nul_left = 0
-        self._keep: bytearray | None = None
+        self._keep = None
         self._keep_skip = 0
         self._pay_is_cmd = False
         self._room = self.max_line
@@ -939,7 +946,7 @@ class EscPosTokenizer:
         self._run_len = 0
         self._run_cr = 0
         self._run_keep.clear()
-        self._run_bytes: bytes | None = None
+        self._run_bytes = None
 
     def _account(self, count: int) -> None:
         if self._pay_is_cmd:

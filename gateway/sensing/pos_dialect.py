@@ -114,11 +114,9 @@ def _regex_check(required: tuple[str, ...], optional: tuple[str, ...] = ()) -> C
     return check
 
 
-def _regexes(required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> Any:
-    """A list of regexes in TOML (an array of strings), each checked on its own."""
-    one = Annotated[str, AfterValidator(_regex_check(required, optional))]
-    # strict=False: TOML arrays arrive as lists (the strings inside stay strict).
-    return Annotated[tuple[one, ...], Field(strict=False)]  # type: ignore[valid-type]
+def _each(required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> AfterValidator:
+    """The validator of one regex in a list (see ``_regex_check``)."""
+    return AfterValidator(_regex_check(required, optional))
 
 
 def _encoding_check(value: str) -> str:
@@ -137,6 +135,39 @@ _ITEM_GROUPS = ("code", "description", "quantity", "unit", "amount")
 _MODIFIER_OPTIONAL = ("unit", "unit_price")
 
 
+# Lists of regexes in TOML (arrays of strings), each string checked on its own, one alias
+# per set of named groups. Aliases rather than a function returning the type: a type
+# checker reads no call in an annotation, while Annotated's metadata may be any value.
+# strict=False: TOML arrays arrive as lists (the strings inside stay strict).
+_MarkerRegexes = Annotated[
+    tuple[Annotated[str, _each(optional=("transaction",))], ...], Field(strict=False)
+]
+_TransactionRegexes = Annotated[
+    tuple[Annotated[str, _each(("transaction",))], ...], Field(strict=False)
+]
+_ItemRegexes = Annotated[
+    tuple[Annotated[str, _each(("amount",), _ITEM_GROUPS)], ...], Field(strict=False)
+]
+_ModifierRegexes = Annotated[
+    tuple[Annotated[str, _each(("quantity",), _MODIFIER_OPTIONAL)], ...], Field(strict=False)
+]
+_VoidRegexes = Annotated[
+    tuple[Annotated[str, _each((), ("code", "description", "amount"))], ...],
+    Field(strict=False),
+]
+_DiscountRegexes = Annotated[
+    tuple[Annotated[str, _each(("amount",), ("description",))], ...], Field(strict=False)
+]
+_LoyaltyRegexes = Annotated[tuple[Annotated[str, _each(("loyalty",))], ...], Field(strict=False)]
+_SubtotalRegexes = Annotated[
+    tuple[Annotated[str, _each((), ("amount",))], ...], Field(strict=False)
+]
+_TaxRegexes = Annotated[tuple[Annotated[str, _each(("amount",))], ...], Field(strict=False)]
+_TotalRegexes = Annotated[tuple[Annotated[str, _each(("total",))], ...], Field(strict=False)]
+_TenderRegexes = Annotated[tuple[Annotated[str, _each((), ("type",))], ...], Field(strict=False)]
+_PlainRegexes = Annotated[tuple[Annotated[str, _each()], ...], Field(strict=False)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -144,28 +175,28 @@ class _Model(BaseModel):
 class MarkersSection(_Model):
     """Lines that start, end and cancel a transaction; each may name its number."""
 
-    start: Annotated[_regexes(optional=("transaction",)), Field(min_length=1)]
-    end: _regexes(optional=("transaction",)) = ()
-    cancel: _regexes(optional=("transaction",)) = ()
+    start: Annotated[_MarkerRegexes, Field(min_length=1)]
+    end: _MarkerRegexes = ()
+    cancel: _MarkerRegexes = ()
 
 
 class PatternsSection(_Model):
     """The content of a receipt: one list of regexes per kind of line."""
 
-    transaction: _regexes(("transaction",)) = ()
-    barcode: _regexes(("transaction",)) = ()
-    item: _regexes(("amount",), _ITEM_GROUPS) = ()
-    quantity: _regexes(("quantity",), _MODIFIER_OPTIONAL) = ()
-    weight: _regexes(("quantity",), _MODIFIER_OPTIONAL) = ()
-    void: _regexes((), ("code", "description", "amount")) = ()
-    discount: _regexes(("amount",), ("description",)) = ()
-    loyalty: _regexes(("loyalty",)) = ()
-    subtotal: _regexes((), ("amount",)) = ()
-    tax: _regexes(("amount",)) = ()
-    total: _regexes(("total",)) = ()
-    tender: _regexes((), ("type",)) = ()
-    ignore: _regexes() = ()
-    redact: _regexes() = ()
+    transaction: _TransactionRegexes = ()
+    barcode: _TransactionRegexes = ()
+    item: _ItemRegexes = ()
+    quantity: _ModifierRegexes = ()
+    weight: _ModifierRegexes = ()
+    void: _VoidRegexes = ()
+    discount: _DiscountRegexes = ()
+    loyalty: _LoyaltyRegexes = ()
+    subtotal: _SubtotalRegexes = ()
+    tax: _TaxRegexes = ()
+    total: _TotalRegexes = ()
+    tender: _TenderRegexes = ()
+    ignore: _PlainRegexes = ()
+    redact: _PlainRegexes = ()
 
 
 class ModifiersSection(_Model):

@@ -300,7 +300,10 @@ class SerialPosLane:
             wait_s = random.uniform(delay_s / 2, delay_s)
             delay_s = min(delay_s * 2, s.reconnect_max_s)
 
-    def _new_port(self) -> serial.SerialBase:
+    # Ports are typed serial.Serial, what serial_for_url is declared to return. A
+    # socket:// URL really gives protocol_socket.Serial (another SerialBase), which has the
+    # same open/read/in_waiting/close; SerialBase itself declares neither open nor in_waiting.
+    def _new_port(self) -> serial.Serial:
         s = self._settings
         port = serial.serial_for_url(s.port, do_not_open=True)
         port.baudrate = s.baudrate
@@ -315,7 +318,7 @@ class SerialPosLane:
             port.exclusive = s.exclusive
         return port
 
-    def _try_open(self) -> serial.SerialBase | None:
+    def _try_open(self) -> serial.Serial | None:
         try:
             port = self._new_port()
             port.open()
@@ -348,7 +351,7 @@ class SerialPosLane:
             reconnects=self._reconnects,
         )
 
-    def _read_until_lost(self, port: serial.SerialBase) -> bool:
+    def _read_until_lost(self, port: serial.Serial) -> bool:
         """Read and feed until the port fails or a stop is asked for; True when the
         connection proved the device works (bytes came, or it lasted)."""
         s = self._settings
@@ -390,7 +393,7 @@ class SerialPosLane:
         )
         self._deliver(self._parse(self._parser.interrupt, self._clock.wall(), "disconnect"))
 
-    def _close_quietly(self, port: serial.SerialBase) -> None:
+    def _close_quietly(self, port: serial.Serial) -> None:
         try:
             port.close()
         except PORT_ERRORS as exc:

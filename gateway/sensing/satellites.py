@@ -410,12 +410,14 @@ class SatelliteDecoder:
         if device_id is not None and _IBEACON_ID.fullmatch(device_id) is None:
             return UNSUPPORTED_ID
         doc = _load_object(payload)
-        if type(doc) is str:
+        # isinstance rather than ``type(x) is str``: it narrows the other branch for mypy
+        # (a reason is always a plain str constant, so both tests mean the same here).
+        if isinstance(doc, str):
             return doc
         decoded = (
             decode_openmqttgateway(doc) if device_id is None else decode_espresense(device_id, doc)
         )
-        if type(decoded) is str:
+        if isinstance(decoded, str):
             return decoded
         manufacturer, service, rssi = decoded
         try:

@@ -47,20 +47,20 @@ def m001_meta_and_outbox(db: Database) -> None:
 
 @migrations()
 def m002_profiles_consent_models(db: Database) -> None:
-    db["profiles"].create(
+    db.table("profiles").create(
         {"shopper_id": str, "data": str, "updated_at": float, "expires_at": float},
         pk="shopper_id",
     )
-    db["profiles"].create_index(["expires_at"])
-    db["consent"].create(
+    db.table("profiles").create_index(["expires_at"])
+    db.table("consent").create(
         {"shopper_id": str, "scopes": str, "expires_at": float, "updated_at": float},
         pk="shopper_id",
     )
-    db["models"].create(
+    db.table("models").create(
         {"version": int, "sha256": str, "path": str, "installed_at": float, "active": int},
         pk="version",
     )
-    db["dead_letters"].create(
+    db.table("dead_letters").create(
         {"id": int, "source": str, "reason": str, "received_at": float, "size": int},
         pk="id",
     )

@@ -36,7 +36,7 @@ _STOP = object()
 
 def is_full_error(exc: BaseException) -> bool:
     """True when SQLite said the database or disk is full."""
-    code = getattr(exc, "sqlite_errorcode", None)
+    code: int | None = getattr(exc, "sqlite_errorcode", None)  # sqlite3.Error, Python 3.11+
     if code is not None:
         return code & 0xFF == SQLITE_FULL
     return isinstance(exc, sqlite3.Error) and "full" in str(exc).lower()

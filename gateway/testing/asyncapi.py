@@ -49,7 +49,7 @@ def check_up_events(envelopes: Iterable[tuple[str, dict[str, Any]]]) -> Counter[
     """Validate each (topic, envelope) HQ received against its kind's schema, closed
     (the envelope's alone for a kind the file does not detail). Returns how many of each
     detailed kind were checked; raises AssertionError naming the first misfit."""
-    import jsonschema  # type: ignore[import-untyped]  # stubs would be one more dev package
+    import jsonschema
 
     schemas = {k: _closed_data(s) for k, s in up_schemas().items()}
     validators = {k: jsonschema.Draft202012Validator(s) for k, s in schemas.items()}

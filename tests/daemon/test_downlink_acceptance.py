@@ -13,11 +13,15 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway.publish import topics
 from gateway.testing.daemon import GatewayProcess, config_text, gateway_sections
+from gateway.testing.hq import push_until_applied
 from gateway.testing.mosquitto import MosquittoBroker
 
 STORE = "s1"
 N_MESSAGES = 10_000
 VALID_EVERY = 50
+# Valid profiles sent first, one per downlink topic, until the daemon has applied both:
+# proof that it subscribed. Numbers far from the fuzz's own, so their shoppers are apart.
+PROBES = {topics.hq_down(STORE, "profiles"): 1_000_001, topics.fleet_down("profiles"): 1_000_002}
 
 
 def _valid(i: int) -> bytes:
@@ -82,10 +86,28 @@ def test_ten_thousand_fuzzed_messages_dead_lettered_valid_ones_applied(tmp_path:
     pub = paho.Client(
         CallbackAPIVersion.VERSION2, client_id="fuzzer", protocol=MQTTProtocolVersion.MQTTv5
     )
+
+    def shoppers_in_db() -> set[str]:
+        conn = sqlite3.connect(str(db), timeout=10)
+        try:
+            return {r[0] for r in conn.execute("SELECT shopper_id FROM profiles")}
+        finally:
+            conn.close()
+
+    probe_shoppers = {f"good-{i}" for i in PROBES.values()}
+
     try:
         assert gw.wait_log("gateway_ready", 20), "daemon did not start"
-        assert gw.wait_log("broker_connected", 20)
-        time.sleep(0.5)  # the subscription follows the connect
+        # The daemon subscribes once connected to HQ, and what reaches the broker before
+        # that is not queued for it (a fixed sleep here was a guess a loaded machine
+        # could outrun): each topic's probe is re-sent until applied.
+        for topic, i in PROBES.items():
+            push_until_applied(
+                hq.port,
+                topic,
+                [json.loads(_valid(i))],
+                lambda i=i: f"good-{i}" in shoppers_in_db(),
+            )
         pub.connect("127.0.0.1", hq.port)
         pub.loop_start()
         valid_ids: list[int] = []
@@ -114,11 +136,12 @@ def test_ten_thousand_fuzzed_messages_dead_lettered_valid_ones_applied(tmp_path:
             finally:
                 conn.close()
 
+        expected = (bad, len(valid_ids) + len(PROBES))
         deadline = time.monotonic() + 60
-        while counts() != (bad, len(valid_ids)) and time.monotonic() < deadline:
+        while counts() != expected and time.monotonic() < deadline:
             time.sleep(0.2)
         assert gw.running, "the daemon died"
-        assert counts() == (bad, len(valid_ids))
+        assert counts() == expected
         rc = gw.terminate()
         assert rc == 0
         conn = sqlite3.connect(str(db))
@@ -127,7 +150,7 @@ def test_ten_thousand_fuzzed_messages_dead_lettered_valid_ones_applied(tmp_path:
             reasons = [r[0] for r in conn.execute("SELECT reason FROM dead_letters")]
         finally:
             conn.close()
-        assert shoppers == {f"good-{i}" for i in valid_ids}
+        assert shoppers == {f"good-{i}" for i in valid_ids} | probe_shoppers
         assert all(reasons)
         kinds_of_reason = {r.split(":")[0].split(" (")[0] for r in reasons}
         print(

@@ -180,8 +180,10 @@ def test_daemon_pos_lanes_end_to_end(
         rc = gw.terminate(timeout_s=15)
     assert rc == 0
 
-    # The warning rose within 2 s of the garbage starting (health is published every 0.2 s).
-    assert flagged_after < 2.0 + 0.2, flagged_after
+    # The warning reached the store's health while the garbage came. How soon the flag
+    # rises (within 2 s of line time) is pinned by tests/sensing/test_pos_serial.py with
+    # a clock that counts line time: a wall-clock bound here moved with the machine's load.
+    print(f"wrong baud in health {flagged_after:.2f} s after the garbage started")
     assert lane_health(flagged, "lane-2").get("wrong_baud_suspected") is False
 
     txns = hq_receiver.of_kind("transaction")

@@ -25,6 +25,7 @@ from gateway.publish.local_bus import LocalBus
 from gateway.publish.upstream import OutboxSink
 from gateway.shoppers import Consent, Profile
 from gateway.testing.connection import FakeConnection
+from gateway.testing.waiting import wait_until_async
 
 POS_DIR = Path(__file__).resolve().parents[2] / "firmware_configs" / "pos"
 ALL_SCOPES = frozenset({"presence", "associate_assist", "screens", "analytics"})
@@ -309,9 +310,7 @@ def test_summaries_leave_just_after_each_period_ends(tmp_path: Path) -> None:
         loop = asyncio.create_task(flow._summary_loop())
         visit = shoppers.identify("s-all", "pos", time.time(), "checkout")
         assert await flow.decide(Trigger(ARRIVAL, time.time(), shopper="s-all", visit=visit))
-        deadline = time.monotonic() + 5
-        while not outbox.of("experiment_summary") and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+        await wait_until_async(lambda: outbox.of("experiment_summary"), what="a summary")
         loop.cancel()
         flow.ranker.close()
         (row,) = outbox.of("experiment_summary")

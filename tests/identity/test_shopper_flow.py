@@ -26,6 +26,7 @@ from gateway.sensing.frames import (
     shopper_token_payload,
 )
 from gateway.shoppers import Consent, EidTag, Profile
+from gateway.testing.waiting import wait_until_async
 
 T0 = 1_795_000_000.0
 CID = 0xFFFF
@@ -326,17 +327,15 @@ def test_a_profile_arriving_while_the_next_table_waits_resolves_at_once() -> Non
         w = window_of(clock.wall())
         clock.advance((w + 1) * WINDOW_S - clock.wall() - 30)  # 30 s before the change
         loop = asyncio.create_task(flow._table_loop())
-        for _ in range(100):  # the current window's tables, then the pre-build waiting
-            await asyncio.sleep(0.01)
-            if flow._building:
-                break
+        # The current window's tables, then the next window's, built and waiting.
+        await wait_until_async(lambda: flow._building, what="the pre-built tables waiting")
         assert flow._building and flow.table_window == w
         profile, consent = opted_in("s2", ROOT, {"presence"})
         flow.on_changes({"s2": profile}, {"s2": consent}, set())
-        for _ in range(300):
-            await asyncio.sleep(0.01)
-            if resolve(flow.resolver, token_advert(ROOT, clock.wall()), {}) is not None:
-                break
+        await wait_until_async(
+            lambda: resolve(flow.resolver, token_advert(ROOT, clock.wall()), {}) is not None,
+            what="the new profile resolving",
+        )
         loop.cancel()
         got = resolve(flow.resolver, token_advert(ROOT, clock.wall()), {})
         assert got is not None and got.subject == "s2"

@@ -414,7 +414,9 @@ def test_on_advert_raising_is_counted_and_scanning_goes_on() -> None:
         with capture_logs() as logs:
             task = asyncio.create_task(scanner.run())
             await eventually(lambda: len(got.calls) >= 100, "adverts keep coming", scanner)
-            await asyncio.sleep(0.25)  # at least one check closes an interval
+            await eventually(
+                lambda: bool(events(logs, "ble_callback_errors")), "a check's summary", scanner
+            )
             await stop(task)
         stats = scanner.stats()
         assert stats["callback_errors"] == len(got.calls) == stats["adverts"]
@@ -596,6 +598,8 @@ def private_system_bus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        if proc.stdout is not None:  # the pipe is ours to close (else a ResourceWarning)
+            proc.stdout.close()
 
 
 async def fake_bluez(address: str, adapters: set[str], writes: list[tuple[str, bool]]) -> Any:

@@ -4,8 +4,10 @@ No part of pyserial is mocked: the lane opens a pty slave behind a symlink (as
 udev makes /dev/serial/by-id/...) or a socket:// URL, and the test writes
 through the pty master or the server's socket. The parser is a small recording
 fake (the tokenizer and dialect engine are tested on their own). Waits poll
-``stats()`` or the fake parser; bounds are generous except where a latency is
-the behaviour under test.
+``stats()`` or the fake parser with generous deadlines; nothing asserts a count
+after a sleep. Where the behaviour is about time (the wrong-baud window, the
+sink-error log interval) the lane gets a ``ManualClock`` the test moves, so the
+result does not depend on the machine's load.
 """
 
 from __future__ import annotations
@@ -23,14 +25,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.clock import SystemClock
+from gateway.clock import Clock, ManualClock, SystemClock
 from gateway.sensing.pos_serial import LaneSettings, SerialPosLane
 from gateway.testing.pty_lane import PtyLane
 from gateway.testing.uart import misread
+from gateway.testing.waiting import EVENTUALLY_S, wait_until
 
-# Generous: each wait is a few reads or reconnect delays on an idle machine; the
-# bound only has to catch a lane that never gets there.
-EVENTUALLY_S = 10.0
 # A distinctive payload standing in for a card number on a receipt.
 CARD_LINE = b"VISA 4929 1234 5678 9012 ZQXJ-SECRET\n"
 # 9600 baud 8N1: ten bits per byte.
@@ -101,14 +101,9 @@ class RecordingParser:
             return bytes(self._data)
 
 
-def wait_for(what: str, predicate: Callable[[], bool], timeout_s: float = EVENTUALLY_S) -> float:
-    """Poll until ``predicate()``; returns the seconds it took, fails the test on timeout."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.005)
-    return time.monotonic() - start
+def wait_for(what: str, predicate: Callable[[], object], timeout_s: float = EVENTUALLY_S) -> None:
+    """Poll until ``predicate()``; fails the test when it has not come by the deadline."""
+    wait_until(predicate, timeout_s, what)
 
 
 def lane_settings(port: str | Path, **overrides: Any) -> LaneSettings:
@@ -137,11 +132,13 @@ def start_lane() -> Iterator[LaneFactory]:
         port: str | Path,
         *,
         sink: Callable[[str, list[Any]], None] | None = None,
+        clock: Clock | None = None,
         **overrides: Any,
     ) -> tuple[SerialPosLane, RecordingParser]:
         parser = RecordingParser()
         settings = lane_settings(port, **overrides)
-        lane = SerialPosLane(settings, parser, sink or (lambda _lane, _ev: None), SystemClock())
+        sink = sink or (lambda _lane, _ev: None)
+        lane = SerialPosLane(settings, parser, sink, clock or SystemClock())
         lane.start_thread()
         started.append(lane)
         return lane, parser
@@ -150,7 +147,7 @@ def start_lane() -> Iterator[LaneFactory]:
     for lane in started:
         lane.stop()
     for lane in started:
-        assert lane.join(5.0), "a lane's read thread did not stop"
+        assert lane.join(EVENTUALLY_S), "a lane's read thread did not stop"
         assert lane.failure is None
 
 
@@ -202,16 +199,29 @@ def test_pty_write_times_out_instead_of_hanging_when_nobody_reads(pty: PtyLane) 
     start = time.monotonic()
     with pytest.raises(TimeoutError):
         pty.write(b"x" * 1_000_000, timeout_s=0.3)
-    assert time.monotonic() - start < 2.0
+    took_s = time.monotonic() - start
+    # Not before its bound (the write's own monotonic deadline, so this cannot flake);
+    # a write that hung would never return, which the generous upper bound catches.
+    assert 0.3 <= took_s < EVENTUALLY_S
 
 
 def test_an_idle_lane_ticks_the_parser(pty: PtyLane, start_lane: LaneFactory) -> None:
-    """With no bytes coming, parser.tick runs about every tick_interval_s."""
-    lane, parser = start_lane(pty.link, tick_interval_s=0.05)
+    """With no bytes coming, parser.tick keeps running, and never more often than once
+    per tick_interval_s."""
+    # Four times the read timeout (0.05 s), so that ticking after every empty read
+    # would break the bound below.
+    interval_s = 0.2
+    lane, parser = start_lane(pty.link, tick_interval_s=interval_s)
     wait_for("connected", connected(lane))
+    started = time.monotonic()
     before = parser.ticks
-    time.sleep(0.5)
-    assert 4 <= parser.ticks - before <= 12
+    wait_for("three idle ticks", lambda: parser.ticks >= before + 3)
+    ticks = parser.ticks - before
+    took_s = time.monotonic() - started
+    # Each tick is decided at least interval_s after the one before (on the monotonic
+    # clock the test reads too); only the first one counted may have been decided
+    # before `started`. Load makes took_s longer, which never makes the bound wrong.
+    assert ticks <= took_s / interval_s + 2
 
 
 # -- the device comes and goes ---------------------------------------------------------
@@ -239,8 +249,11 @@ def test_lane_survives_twenty_unplugs_mid_receipt(pty: PtyLane, start_lane: Lane
         tail = b"NE %02d\n" % i
         pty.write(tail)
         expected += tail
-    wait_for("all bytes", lambda: len(parser.data) >= len(expected))
-    time.sleep(0.1)  # anything duplicated would have arrived by now
+    # Bytes reach the parser in order, so a duplicate of anything before would arrive
+    # before this last line: once it is there, nothing is still on its way.
+    pty.write(b"END\n")
+    expected += b"END\n"
+    wait_for("the last line", lambda: parser.data.endswith(b"END\n"))
     assert parser.data == expected
     assert parser.interrupts == ["disconnect"] * 20
     stats = lane.stats()
@@ -249,9 +262,20 @@ def test_lane_survives_twenty_unplugs_mid_receipt(pty: PtyLane, start_lane: Lane
     assert stats["opens"] == 21
     assert stats["connected"]
     # Each unplug ended the line in progress as an incomplete event, then the tail
-    # made a line of its own: 20 incomplete + 20 lines.
-    assert stats["events"] == 40
+    # made a line of its own: 20 incomplete + 20 lines, and the END line.
+    assert stats["events"] == 41
     assert lane.failure is None
+
+
+def most_attempts_within(elapsed_s: float, min_s: float, max_s: float) -> int:
+    """How many opens fit in ``elapsed_s`` when the n-th wait lasts at least half of
+    min(min_s * 2**(n-1), max_s): the first open is at once, each next one after a wait."""
+    attempts, waited_s, delay_s = 1, 0.0, min_s
+    while waited_s + delay_s / 2 <= elapsed_s:
+        waited_s += delay_s / 2
+        attempts += 1
+        delay_s = min(delay_s * 2, max_s)
+    return attempts
 
 
 def test_missing_device_at_start_backs_off_then_connects(
@@ -260,14 +284,18 @@ def test_missing_device_at_start_backs_off_then_connects(
     """A lane whose device is absent retries with growing delays, logs the first failure
     only, and connects once the device appears."""
     link = tmp_path / "usb-late-if00-port0"
+    min_s, max_s = 0.02, 0.32
     with capture_logs() as logs:
-        lane, parser = start_lane(link, reconnect_min_s=0.02, reconnect_max_s=0.32)
-        time.sleep(1.6)
+        started = time.monotonic()
+        lane, parser = start_lane(link, reconnect_min_s=min_s, reconnect_max_s=max_s)
+        wait_for("six failed opens", lambda: lane.stats()["open_failures"] >= 6)
         stats = lane.stats()
+        took_s = time.monotonic() - started
         assert not stats["connected"]
-        # Without backoff, 0.02 s retries would fail about 80 times in 1.6 s; doubling
-        # to 0.32 s (each wait half to all of the delay) allows 9 to 14.
-        assert 6 <= stats["open_failures"] <= 20
+        # Each wait is half to all of a delay doubling from min_s to max_s, so n failed
+        # opens need at least the sum of the first n - 1 half-delays (0.31 s for six;
+        # without backoff 0.05 s). A bound on what fits in took_s: load only adds time.
+        assert stats["open_failures"] <= most_attempts_within(took_s, min_s, max_s)
         assert "No such file" in stats["last_error"]
         device = PtyLane(link)
         try:
@@ -277,7 +305,7 @@ def test_missing_device_at_start_backs_off_then_connects(
         finally:
             device.close()
         lane.stop()
-        assert lane.join(2.0)
+        assert lane.join(EVENTUALLY_S)
     events = [entry["event"] for entry in logs]
     assert events.count("pos_open_failed") == 1
     assert events.count("pos_connected") == 1
@@ -368,26 +396,38 @@ def test_socket_url_reads_and_reconnects_when_the_server_returns(
 # -- wrong baud -----------------------------------------------------------------------
 
 
-def feed_at_line_rate(
-    pty: PtyLane, data: bytes, stop: threading.Event, *, sent_bytes: int | None = None
-) -> threading.Thread:
-    """Write ``data`` over and over, paced as a 9600 baud line delivers ``sent_bytes``
-    (what the printer sent; ``data`` may be its misread form, longer or shorter)."""
-    duration_s = (sent_bytes or len(data)) / LINE_BYTES_PER_S
+def feed_in_line_time(
+    pty: PtyLane,
+    lane: SerialPosLane,
+    clock: ManualClock,
+    data: bytes,
+    seconds: float,
+    *,
+    sent_bytes: int | None = None,
+) -> Iterator[float]:
+    """Write ``data`` over and over in 32-byte chunks for ``seconds`` of line time, as a
+    9600 baud line delivers ``sent_bytes`` (what the printer sent; ``data`` may be its
+    misread form, longer or shorter); yields the line time so far after each chunk.
+
+    ``clock`` is the lane's: it moves by each chunk's line time, and each chunk is read
+    by the lane before the next is written, so the lane sees the bytes of a real line
+    at its real rate, however loaded this machine is.
+    """
     chunk = 32
-    pause_s = duration_s * chunk / len(data)
-
-    def feed() -> None:
-        while not stop.is_set():
-            for pos in range(0, len(data), chunk):
-                if stop.is_set():
-                    return
-                pty.write(data[pos : pos + chunk])
-                time.sleep(pause_s)
-
-    thread = threading.Thread(target=feed, name="test-feeder", daemon=True)
-    thread.start()
-    return thread
+    chunk_s = (sent_bytes or len(data)) / LINE_BYTES_PER_S * chunk / len(data)
+    line_s = 0.0
+    while True:
+        for pos in range(0, len(data), chunk):
+            piece = data[pos : pos + chunk]
+            read_before = lane.stats()["bytes"]
+            clock.advance(chunk_s)  # the chunk's bytes took this long on the line
+            pty.write(piece)
+            want = read_before + len(piece)
+            wait_for("the chunk read", lambda: lane.stats()["bytes"] >= want)  # noqa: B023
+            line_s += chunk_s
+            yield line_s
+            if line_s >= seconds:
+                return
 
 
 @pytest.mark.parametrize("read_baud", [19200, 4800])
@@ -395,26 +435,24 @@ def test_wrong_baud_is_suspected_within_two_seconds(
     pty: PtyLane, start_lane: LaneFactory, read_baud: int
 ) -> None:
     """A 9600 baud printer read at twice or half the rate raises wrong_baud_suspected
-    within 2 s of the garbage starting, with one warning for the episode."""
+    within 2 s (of line time) of the garbage starting, with one warning for the episode."""
     text = receipt_text()
     garbage = misread(text, 9600, read_baud)
+    clock = ManualClock()
+    flagged_at_s: float | None = None
     with capture_logs() as logs:
-        lane, _parser = start_lane(pty.link, baudrate=read_baud)
+        lane, _parser = start_lane(pty.link, baudrate=read_baud, clock=clock)
         wait_for("connected", connected(lane))
-        stop = threading.Event()
-        feeder = feed_at_line_rate(pty, garbage, stop, sent_bytes=len(text))
-        try:
-            took_s = wait_for(
-                "wrong baud flag", lambda: lane.stats()["wrong_baud_suspected"], timeout_s=5.0
-            )
-            time.sleep(0.5)  # the flag holds while garbage keeps coming
-            stats = lane.stats()
-        finally:
-            stop.set()
-            feeder.join(5.0)
+        for line_s in feed_in_line_time(pty, lane, clock, garbage, 5.0, sent_bytes=len(text)):
+            if flagged_at_s is None and lane.stats()["wrong_baud_suspected"]:
+                flagged_at_s = line_s
+            if flagged_at_s is not None and line_s >= flagged_at_s + 0.5:
+                break  # the flag held for 0.5 s while garbage kept coming
+        stats = lane.stats()
         lane.stop()
-        assert lane.join(2.0)
-    assert took_s < 2.0
+        assert lane.join(EVENTUALLY_S)
+    assert flagged_at_s is not None, "no wrong baud flag in 5 s of garbage"
+    assert flagged_at_s < 2.0
     assert stats["wrong_baud_suspected"]
     assert stats["wrong_baud_episodes"] == 1
     assert stats["garbage_ratio"] > 0.25
@@ -425,19 +463,10 @@ def test_wrong_baud_is_suspected_within_two_seconds(
 
 def test_correct_baud_text_never_raises_the_flag(pty: PtyLane, start_lane: LaneFactory) -> None:
     """Receipt text at the right rate, judged over several windows, never looks like garbage."""
-    lane, _parser = start_lane(pty.link)
+    clock = ManualClock()
+    lane, _parser = start_lane(pty.link, clock=clock)
     wait_for("connected", connected(lane))
-    stop = threading.Event()
-    feeder = feed_at_line_rate(pty, receipt_text(), stop)
-    seen: list[dict[str, Any]] = []
-    try:
-        deadline = time.monotonic() + 2.5
-        while time.monotonic() < deadline:
-            seen.append(lane.stats())
-            time.sleep(0.02)
-    finally:
-        stop.set()
-        feeder.join(5.0)
+    seen = [lane.stats() for _ in feed_in_line_time(pty, lane, clock, receipt_text(), 2.5)]
     assert not any(s["wrong_baud_suspected"] for s in seen)
     assert seen[-1]["wrong_baud_episodes"] == 0
     ratios = [s["garbage_ratio"] for s in seen if s["garbage_ratio"] is not None]
@@ -450,11 +479,14 @@ def test_wrong_baud_flag_clears_when_text_is_healthy_again(
     pty: PtyLane, start_lane: LaneFactory
 ) -> None:
     """After garbage, a window of good text clears the flag; the episode count stays."""
-    lane, _parser = start_lane(pty.link, wrong_baud_window_s=0.5)
+    clock = ManualClock()
+    lane, _parser = start_lane(pty.link, wrong_baud_window_s=0.5, clock=clock)
     wait_for("connected", connected(lane))
-    pty.write(misread(receipt_text(10), 9600, 19200))
+    garbage = misread(receipt_text(10), 9600, 19200)
+    pty.write(garbage)
     wait_for("wrong baud flag", lambda: lane.stats()["wrong_baud_suspected"])
-    time.sleep(0.6)  # let the garbage leave the window
+    wait_for("all the garbage read", lambda: lane.stats()["bytes"] == len(garbage))
+    clock.advance(0.6)  # the garbage leaves the 0.5 s window
     pty.write(receipt_text(10))
     wait_for("flag cleared", lambda: not lane.stats()["wrong_baud_suspected"])
     assert lane.stats()["wrong_baud_episodes"] == 1
@@ -479,7 +511,9 @@ def test_a_raising_sink_does_not_kill_the_lane(pty: PtyLane, start_lane: LaneFac
         raise ValueError(f"cannot handle {events!r}")
 
     with capture_logs() as logs:
-        lane, parser = start_lane(pty.link, sink=broken_sink)
+        # The clock stands still, so all six errors fall in one log interval
+        # (SINK_ERROR_LOG_INTERVAL_S) however long this machine takes to send them.
+        lane, parser = start_lane(pty.link, sink=broken_sink, clock=ManualClock())
         wait_for("connected", connected(lane))
         for i in range(5):
             pty.write(b"LINE %d\n" % i)
@@ -488,7 +522,7 @@ def test_a_raising_sink_does_not_kill_the_lane(pty: PtyLane, start_lane: LaneFac
         wait_for("card line", lambda: len(parser.lines) == 6)
         stats = lane.stats()
         lane.stop()
-        assert lane.join(2.0)
+        assert lane.join(EVENTUALLY_S)
     assert stats["connected"]
     assert stats["sink_errors"] == 6
     assert stats["events"] == 6
@@ -503,23 +537,25 @@ def test_a_raising_sink_does_not_kill_the_lane(pty: PtyLane, start_lane: LaneFac
 def test_stop_ends_the_thread_promptly(
     tmp_path: Path, pty: PtyLane, start_lane: LaneFactory, state: str
 ) -> None:
-    """stop() ends the read thread within 0.5 s, reading or waiting out a long backoff."""
+    """stop() ends the read thread without waiting for bytes that do not come, nor out
+    a long backoff (15 to 30 s here)."""
     if state == "connected":
         lane, _ = start_lane(pty.link)
         wait_for("connected", connected(lane))
     else:
         lane, _ = start_lane(tmp_path / "absent", reconnect_min_s=30.0, reconnect_max_s=60.0)
         wait_for("a failed open", lambda: lane.stats()["open_failures"] == 1)
-    start = time.monotonic()
     lane.stop()
-    assert lane.join(2.0)
-    assert time.monotonic() - start < 0.5
+    # EVENTUALLY_S is below the shortest backoff wait (half of 30 s), and a read without
+    # a timeout never returns: ending by then means stop cut the wait short, with no
+    # latency figure that a loaded machine could miss (how soon is bench/ material).
+    assert lane.join(EVENTUALLY_S)
     assert not lane.stats()["connected"]
 
 
 def test_run_is_cancellable_under_asyncio(pty: PtyLane) -> None:
     """run() reads on a named non-daemon thread, feeds the loop through a thread-safe sink,
-    and on cancel stops and joins the thread (off the loop) within 0.5 s."""
+    and on cancel stops and joins the thread (off the loop) without waiting for bytes."""
     parser = RecordingParser()
 
     async def main() -> tuple[list[Any], float, threading.Thread]:
@@ -550,7 +586,7 @@ def test_run_is_cancellable_under_asyncio(pty: PtyLane) -> None:
         return received, took_s, thread
 
     received, took_s, thread = asyncio.run(asyncio.wait_for(main(), 20))
-    assert took_s < 0.5
+    assert took_s < EVENTUALLY_S  # generous: a join that waited for bytes would never end
     assert not thread.is_alive()
     assert [e[0] for e in received] == ["line", "line", "incomplete"]
     assert parser.interrupts == ["stop"]
@@ -569,7 +605,7 @@ def test_stats_and_logs_never_hold_the_bytes_read(pty: PtyLane, start_lane: Lane
         wait_for("disconnect", lambda: parser.interrupts == ["disconnect"])
         stats = lane.stats()
         lane.stop()
-        assert lane.join(2.0)
+        assert lane.join(EVENTUALLY_S)
     for snapshot in (connected_stats, stats):
         dumped = json.dumps(snapshot)
         assert "ZQXJ" not in dumped
