@@ -193,7 +193,8 @@ def read_manifest(
     except BundleError as exc:
         raise BundleError(exc.reason, f"{directory / MANIFEST_FILE}: {exc}") from None
     model_bytes(directory, doc)
-    return doc
+    manifest: dict[str, Any] = doc  # validate_manifest checked it is an object
+    return manifest
 
 
 def _check_signature(

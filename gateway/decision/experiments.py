@@ -278,7 +278,11 @@ class HourlySummary:
         now_s = _finite(now)
         if now_s is None and not everything:
             return []
-        done = sorted(key for key, row in self._rows.items() if everything or row.end <= now_s)
+        done = sorted(
+            key
+            for key, row in self._rows.items()
+            if everything or (now_s is not None and row.end <= now_s)
+        )
         out: list[dict[str, Any]] = []
         for start, experiment, arm in done:
             row = self._rows.pop((start, experiment, arm))

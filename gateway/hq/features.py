@@ -252,7 +252,8 @@ class MlpParams:
             a = a @ np.asarray(w) + np.asarray(b)
             if i < last:
                 a = np.maximum(a, 0.0)
-        return a[:, 0]
+        scores: np.ndarray = a[:, 0]
+        return scores
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -366,9 +367,9 @@ def _personal_block(
     xb = np.zeros((n, m))
     pos = np.zeros((n, m))
     for t, b in enumerate(baskets):
-        cols = np.searchsorted(items, b)
-        xb[t, cols] = 1.0
-        pos[t, cols] = (np.arange(len(b)) + 0.5) / len(b)
+        at = np.searchsorted(items, b)
+        xb[t, at] = 1.0
+        pos[t, at] = (np.arange(len(b)) + 0.5) / len(b)
     gaps = np.array([_DEFAULT_GAP_DAYS if d is None else float(d) for d in days[1:]])
     median_gap = float(np.median(gaps)) if len(gaps) else _DEFAULT_GAP_DAYS
     cum = np.concatenate([[0.0], np.cumsum(gaps)])
@@ -509,7 +510,7 @@ def personal_scores(table: CandidateTable, model: ProfileModel) -> np.ndarray:
     if len(table.x) == 0:
         return np.zeros(0)
     if model.mlp:
-        return np.mean([m.forward(table.x) for m in model.mlp], axis=0)
+        return np.asarray(np.mean([m.forward(table.x) for m in model.mlp], axis=0))
     tifu = table.x[:, PERSONAL_FEATURES.index("tifu_3_0.9_0.6")]
     nbr = table.x[:, PERSONAL_FEATURES.index("nbr")]
     return model.alpha * tifu + (1 - model.alpha) * nbr

@@ -222,7 +222,9 @@ def read_requests(path: str) -> list[tuple[str, list[str], int, int, str | None]
     return requests
 
 
-def _fallback(popular: dict, hour: int, banned: set[str], chosen: list[str], top: int) -> None:
+def _fallback(
+    popular: dict[str, Any], hour: int, banned: set[str], chosen: list[str], top: int
+) -> None:
     for item in [*popular.get("by_hour", {}).get(str(hour), []), *popular.get("overall", [])]:
         if len(chosen) >= top:
             return
@@ -288,7 +290,8 @@ def _recommend(args: argparse.Namespace) -> int:
                     for i, s in zip(items[row].tolist(), scores[row].tolist(), strict=True)
                     if s > float("-inf") and 0 <= i < len(catalogue) and catalogue[i] not in banned
                 ][:top]
-                for item, _ in features[r[0]].hist:
+                own = features[r[0]]
+                for item, _ in own.hist if own is not None else ():
                     if len(chosen) >= top:
                         break
                     if item not in banned and item not in chosen:

@@ -337,7 +337,8 @@ def _gate(s: np.ndarray, x: np.ndarray) -> np.ndarray:
     col = RERANK_FEATURES.index
     ih, has = x[..., col("in_hist")], x[..., col("has_basket")]
     nxt = ih * x[..., col("hist_score")] + (1 - ih) * (NEXT_FLOOR + x[..., col("log_pop")])
-    return (has * s + (1 - has) * nxt).astype(np.float32)
+    scores: np.ndarray = (has * s + (1 - has) * nxt).astype(np.float32)
+    return scores
 
 
 def score_numpy(
@@ -420,7 +421,9 @@ def _schema(config: TrainConfig, model: ProfileModel) -> dict[str, Any]:
     }
 
 
-def _scratch_manifest(catalogue: list[str], config: TrainConfig, model: ProfileModel) -> dict:
+def _scratch_manifest(
+    catalogue: list[str], config: TrainConfig, model: ProfileModel
+) -> dict[str, Any]:
     return {
         "catalogue": catalogue,
         "zones": list(config.zones),
@@ -793,10 +796,11 @@ def build_graph(ranker: TrainedRanker, variant: str = "fp32") -> bytes:
     )
     model.ir_version = 8  # onnxruntime 1.31 reads IR <= 10; 8 is what opset 17 needs
     onnx.checker.check_model(model, full_check=True)
-    return model.SerializeToString()
+    serialised: bytes = model.SerializeToString()
+    return serialised
 
 
-def io_spec(config: TrainConfig) -> tuple[list[dict], list[dict]]:
+def io_spec(config: TrainConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The manifest's ``inputs`` / ``outputs``: names, dtypes, shapes ("b" = batch)."""
     h, m, bl, k = config.hist_len, config.nbr_len, config.basket_len, config.k
     inputs = [
