@@ -54,7 +54,6 @@ class LocalBus:
         self.health_interval_s = health_interval_s
         self._log = get_logger("local_bus")
         self.conn.on_up(self._on_up)
-        self.health_published = 0
 
     def _on_up(self) -> None:
         self.conn.publish(
@@ -67,8 +66,7 @@ class LocalBus:
     def publish_health(self) -> None:
         """Publish one health document now (retained, so a new screen sees the latest)."""
         doc = payloads.health(self.store_id, self.clock.wall(), self._health())
-        if self.conn.publish(topics.STORE_HEALTH, doc, qos=0, retain=True) is not None:
-            self.health_published += 1
+        self.conn.publish(topics.STORE_HEALTH, doc, qos=0, retain=True)
 
     def show(self, output: object) -> None:
         """``StoreDisplay``: a decision's items to the device its trigger is for; a zone

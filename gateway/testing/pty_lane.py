@@ -52,7 +52,6 @@ class PtyLane:
         self._lock = threading.Lock()  # one writer at a time; unplug waits for a chunk
         self._master: int | None = None
         self._slave: int | None = None
-        self.slave_name: str | None = None
         self.plugged = False
         self._plug()
 
@@ -69,7 +68,7 @@ class PtyLane:
             tmp.unlink()
         tmp.symlink_to(name)
         os.replace(tmp, self.link)
-        self._master, self._slave, self.slave_name = master, slave, name
+        self._master, self._slave = master, slave
         self.plugged = True
 
     def unplug(self) -> None:

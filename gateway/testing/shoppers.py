@@ -15,7 +15,6 @@ publishes the satellites' over MQTT) and for the acceptance tests.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from gateway.events import Sighting
@@ -107,19 +106,3 @@ def foreign_adverts(seed: int, enter_at: float, company_id: int) -> list[Advert]
         for s in shifted(walk, enter_at)
         if not s.reference
     ]
-
-
-def merged(streams: Iterable[list[Advert]]) -> list[Advert]:
-    """All adverts in time order."""
-    out = [a for stream in streams for a in stream]
-    out.sort(key=lambda a: a[0])
-    return out
-
-
-def random_adverts(
-    n: int, seed: int, company_id: int
-) -> Iterator[tuple[dict[int, bytes], dict[str, bytes]]]:
-    """``n`` foreign adverts, each from a different device (for privacy tests)."""
-    rng = random.Random(seed)
-    for _ in range(n):
-        yield foreign_frames(rng, company_id)

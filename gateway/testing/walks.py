@@ -475,10 +475,6 @@ class FlapScore:
     def per_hour(self) -> float:
         return self.spurious_changes / self.walk_hours if self.walk_hours else 0.0
 
-    @property
-    def exact_share(self) -> float:
-        return self.exact_walks / self.walks if self.walks else 0.0
-
     def line(self, label: str) -> str:
         return (
             f"{label:<34} spurious zone changes {self.spurious_changes:>6} "
