@@ -12,33 +12,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway.decision.bundle import read_manifest
 from gateway.errors import BundleError, BundleProblem
 from gateway.hq.bundles import write_bundle
-
-MODEL = b"\x08\x08fake-onnx-bytes" * 10
-
-
-def make_manifest(**overrides):
-    doc = {
-        "format": "store-gateway-ranker/1",
-        "version": 3,
-        "created": "2026-12-01T10:00:00Z",
-        "variant": "fp32",
-        "catalogue": ["0000000123457", "0000000045678", "4011"],
-        "catalogue_size": 3,
-        "zones": ["dairy", "bakery"],
-        "k": 10,
-        "feature_schema": {"hist_len": 4, "nbr_len": 4, "basket_len": 4},
-        "inputs": [{"name": "hist_items", "dtype": "int64", "shape": ["b", 4]}],
-        "outputs": [{"name": "top_items", "dtype": "int64", "shape": ["b", 10]}],
-        "metrics": {"next_recall@10": 0.4},
-        "min_runtime": {"onnxruntime": "1.31"},
-        "popular": {"overall": ["4011"], "by_hour": {"9": ["4011"]}},
-    }
-    doc.update(overrides)
-    return doc
+from tests.decision.test_bundle import MODEL, make_manifest
 
 
 @pytest.fixture
-def key():
+def key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
 
 
