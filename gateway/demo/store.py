@@ -15,7 +15,6 @@ import collections
 import contextlib
 import json
 import shutil
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -31,7 +30,7 @@ from gateway.demo.pos import SALT as LOYALTY_SALT
 from gateway.demo.pos import DemoTill
 from gateway.demo.shoppers import DemoShoppers
 from gateway.publish import topics
-from gateway.testing.daemon import GatewayProcess, config_text, gateway_sections
+from gateway.testing.daemon import GatewayProcess, committed_count, config_text, gateway_sections
 from gateway.testing.hq import HqReceiver
 from gateway.testing.mosquitto import MosquittoBroker
 
@@ -70,16 +69,6 @@ class HealthWatcher:
     def stop(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
-
-
-def _committed_count(db: Path) -> int:
-    """Events the gateway committed: ids run from 1 to outbox_next_seq - 1."""
-    conn = sqlite3.connect(str(db))
-    try:
-        row = conn.execute("SELECT value FROM meta WHERE key='outbox_next_seq'").fetchone()
-        return int(row[0]) - 1 if row else 0
-    finally:
-        conn.close()
 
 
 class LiveView:
@@ -259,7 +248,7 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
                 and time.monotonic() >= shoppers_done
                 and not (health.get("shoppers", {}).get("presence") or {}).get("present")
                 and len(receiver.of_kind("transaction")) >= till.receipts
-                and receiver.count() >= _committed_count(db)
+                and receiver.count() >= committed_count(db)
             ):
                 drained_at = elapsed
                 phase = "done: HQ caught up"
@@ -272,7 +261,7 @@ def run_demo(*, duration_s: float, outage_s: float, events_per_s: float, summary
         stop_s = time.monotonic() - stop_started
         time.sleep(0.3)
         _, status = watcher.snapshot()
-        committed = _committed_count(db)
+        committed = committed_count(db)
         expected = {f"{STORE_ID}:{i}" for i in range(1, committed + 1)}
         received = len(receiver.ids & expected)
         health, _ = watcher.snapshot()

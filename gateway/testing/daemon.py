@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -153,3 +154,14 @@ class GatewayProcess:
                 return None
             time.sleep(0.05)
         return None
+
+
+def committed_count(db: Path) -> int:
+    """Events a gateway committed, read from its database file by another process: ids
+    run from 1 to ``outbox_next_seq - 1`` (rows leave the outbox; the counter never goes back)."""
+    conn = sqlite3.connect(str(db), timeout=10)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='outbox_next_seq'").fetchone()
+        return int(row[0]) - 1 if row else 0
+    finally:
+        conn.close()

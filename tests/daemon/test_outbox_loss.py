@@ -23,7 +23,7 @@ import pytest
 
 from gateway.publish import topics
 from gateway.storage.store import integrity_check
-from gateway.testing.daemon import GatewayProcess, config_text, gateway_sections
+from gateway.testing.daemon import GatewayProcess, committed_count, config_text, gateway_sections
 from gateway.testing.hq import HqReceiver
 from gateway.testing.mosquitto import MosquittoBroker
 from gateway.testing.subscriber import Received, TopicRecorder
@@ -60,14 +60,6 @@ def _loss_table(db: Path) -> dict[str, tuple[int, int]]:
                 "SELECT kind, reason, shed_count, reported_count FROM outbox_loss"
             )
         }
-    finally:
-        conn.close()
-
-
-def _next_seq(db: Path) -> int:
-    conn = sqlite3.connect(str(db), timeout=10)
-    try:
-        return int(conn.execute("SELECT value FROM meta WHERE key='outbox_next_seq'").fetchone()[0])
     finally:
         conn.close()
 
@@ -160,7 +152,7 @@ def test_full_disk_for_minutes_with_sigkills_loses_no_count(
 
     health = final.doc["outbox"]["shed_total"]
     table = _loss_table(db)
-    committed = _next_seq(db) - 1
+    committed = committed_count(db)
     received = hq_receiver.ids
     summed, highest = _reports(hq_receiver)
     shed_after_commit = {k: n for k, (n, _) in table.items() if not k.endswith(":refused")}

@@ -16,7 +16,7 @@ from typing import Any
 
 from gateway.publish import topics
 from gateway.storage.store import integrity_check
-from gateway.testing.daemon import GatewayProcess, config_text, gateway_sections
+from gateway.testing.daemon import GatewayProcess, committed_count, config_text, gateway_sections
 from gateway.testing.hq import HqReceiver
 from gateway.testing.mosquitto import MosquittoBroker
 from gateway.testing.subscriber import TopicRecorder
@@ -34,14 +34,6 @@ def _write_config(tmp_path: Path, name: str, **overrides: Any) -> Path:
 
 def _ids(first: int, last: int) -> set[str]:
     return {f"{STORE}:{i}" for i in range(first, last + 1)}
-
-
-def _next_seq(db: Path) -> int:
-    conn = sqlite3.connect(str(db))
-    try:
-        return int(conn.execute("SELECT value FROM meta WHERE key='outbox_next_seq'").fetchone()[0])
-    finally:
-        conn.close()
 
 
 def _outbox_depth(db: Path) -> int:
@@ -143,7 +135,7 @@ def test_sigkill_at_20_random_moments_loses_no_committed_event(
     finally:
         rc = gw.terminate()
     assert rc == 0
-    committed = _next_seq(db) - 1
+    committed = committed_count(db)
     assert committed > 1000, f"only {committed} events committed in 20 runs"
     expected = _ids(1, committed)
     assert hq_receiver.wait_for(committed, 30), _missing(hq_receiver, expected)
