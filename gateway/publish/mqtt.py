@@ -15,6 +15,10 @@ receiver's hands at once. The broker is asked for that bound (MQTT v5 Receive
 Maximum); a broker that sends more anyway (Mosquitto before 2.0.15 refills a
 whole window per PUBACK) or QoS 0 traffic finds paho's network thread waiting
 for room, so the socket stops being read and TCP pushes back on the broker.
+
+TLS files and the password file are read at each connect attempt, not at
+construction: a broken file is a connection problem (``last_error``, retried
+with backoff), not a reason for the whole gateway to exit.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config import BrokerSection, read_secret
+from gateway.errors import BrokerError
 from gateway.log import get_logger
 
 AckHandler = Callable[[int, bool, int], None]
@@ -109,6 +114,7 @@ class MqttConnection:
         self._on_up: list[Callable[[], Awaitable[None] | None]] = []
         self._subscriptions: list[str] = []
         self._password_env = password_env
+        self._tls_ready = False
         # Manual acknowledgement: deliveries in the receiver's hands, and the bound.
         # _connection counts connects and disconnects (paho's thread writes it).
         self._max_unacked: int | None = None
@@ -128,15 +134,6 @@ class MqttConnection:
         self._client.max_inflight_messages_set(max_inflight)
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
-        if cfg.username is not None:
-            self._client.username_pw_set(cfg.username, read_secret(password_env, cfg.password_file))
-        if cfg.tls is not None:
-            self._client.tls_set(
-                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
         self._client.on_connect = self._paho_on_connect
         self._client.on_disconnect = self._paho_on_disconnect
         self._client.on_publish = self._paho_on_publish
@@ -224,11 +221,11 @@ class MqttConnection:
             self._down.clear()
             try:
                 await asyncio.to_thread(self._connect_blocking)
-            except (OSError, ssl.SSLError, ValueError) as exc:
+            except (BrokerError, OSError, ssl.SSLError, ValueError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 delay = jittered(backoff)
                 self._log.warning(
-                    "broker_unreachable",
+                    "broker_unusable" if isinstance(exc, BrokerError) else "broker_unreachable",
                     host=self.cfg.host,
                     port=self.cfg.port,
                     error=self.last_error,
@@ -249,7 +246,31 @@ class MqttConnection:
             await asyncio.sleep(jittered(backoff))
             backoff = min(backoff * 2, self.cfg.reconnect_max_s)
 
+    def _prepare_blocking(self) -> None:
+        """Read the password and TLS files (each attempt, until they work once)."""
+        cfg = self.cfg
+        if cfg.username is not None:
+            try:
+                password = read_secret(self._password_env, cfg.password_file)
+            except OSError as exc:
+                raise BrokerError(f"password file unusable: {exc.strerror}") from exc
+            self._client.username_pw_set(cfg.username, password)
+        if cfg.tls is not None and not self._tls_ready:
+            try:
+                # paho builds the whole context before taking it, so a file that fails
+                # here leaves the client untouched and the next attempt tries again.
+                self._client.tls_set(
+                    ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                    certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                    keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                )
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise BrokerError(f"TLS files unusable: {type(exc).__name__}: {exc}") from exc
+            self._tls_ready = True
+
     def _connect_blocking(self) -> None:
+        self._prepare_blocking()
         props = Properties(PacketTypes.CONNECT)
         if self.session_expiry_s is not None:
             props.SessionExpiryInterval = self.session_expiry_s

@@ -1,4 +1,4 @@
-"""MqttConnection against a real Mosquitto: manual acknowledgement and back-pressure."""
+"""MqttConnection against a real Mosquitto: manual acknowledgement, back-pressure, TLS files."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
-from gateway.config import BrokerSection
+from gateway.config import BrokerSection, TlsSection
 from gateway.publish.mqtt import Delivery, MqttConnection
 from gateway.testing import downlink_load as load
 from gateway.testing.mosquitto import MosquittoBroker
+from gateway.testing.tls import TlsMosquittoBroker, make_certificates
 
 TOPIC = "retail/v1/stores/s1/down/profiles"
 
@@ -147,3 +149,41 @@ def test_close_returns_while_the_network_thread_waits_for_room(hq_broker: Mosqui
                 await task
 
     asyncio.run(scenario())
+
+
+def test_an_unusable_tls_file_is_retried_until_it_is_fixed(tmp_path: Path) -> None:
+    """A garbage CA file neither raises at construction nor ends ``run``: it is reported in
+    ``last_error`` and retried with the backoff, and once the file is right the connection
+    comes up without a restart."""
+    certs = make_certificates(tmp_path / "certs")
+    ca_file = tmp_path / "hq-ca.pem"
+    ca_file.write_text("this is not a certificate\n")
+    broker = TlsMosquittoBroker(tmp_path / "broker", certs).start()
+
+    async def scenario() -> None:
+        cfg = BrokerSection(
+            port=broker.port,
+            tls=TlsSection(ca_file=ca_file),
+            reconnect_min_s=0.05,
+            reconnect_max_s=0.2,
+        )
+        conn = MqttConnection("hq", cfg, client_id="tls", password_env="UNUSED_ENV")  # noqa: S106
+        task = asyncio.create_task(conn.run())
+        try:
+            await until(lambda: "TLS files unusable" in (conn.last_error or ""))
+            await asyncio.sleep(0.5)  # several attempts at the reconnect backoff
+            assert not task.done() and conn.connects == 0
+            ca_file.write_bytes(certs.ca_file.read_bytes())
+            async with asyncio.timeout(10):
+                await conn.wait_up()
+            assert conn.connects == 1
+        finally:
+            await conn.close([], 1.0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        broker.close()
