@@ -206,7 +206,8 @@ def scenario_optout(workdir: Path, n: int, shoppers: int, pool: int) -> None:
         print(
             f"  applied {dl.get('applied', 0):,}, duplicates {dl.get('duplicates', 0):,}, "
             f"dead-lettered {dl.get('dead_lettered', 0):,}, dropped after ack "
-            f"{dl.get('overflowed', 0):,}; ids on disk {ids:,} (limit: {sent:,})"
+            f"{dl.get('overflowed', 0):,}; ids on disk {ids:,} (limit: {sent:,}); "
+            f"reads paused {dl.get('reads_paused', 0):,}"
         )
         print(
             f"  opt-out applied: {dl.get('erased_shoppers') == 1} (profiles left {profiles:,}, "
