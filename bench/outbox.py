@@ -53,7 +53,7 @@ from gateway.config import HqSection, OutboxSection
 from gateway.events import UpEvent
 from gateway.log import configure_logging
 from gateway.publish import topics
-from gateway.publish.hq_link import HqLink
+from gateway.publish.hq_link import HqLink, hq_connection
 from gateway.publish.outbox import Outbox
 from gateway.storage.store import SqliteWriter
 from gateway.testing.mosquitto import MosquittoBroker
@@ -227,7 +227,9 @@ class Parts:
         if wprof:
             # Profile the writer thread too: every job runs under the same profiler.
             self.writer.submit = lambda fn: submit(lambda conn: wprof.runcall(fn, conn))
-        hq = HqLink(self.hq_cfg, STORE, self.outbox, SystemClock(), WINDOW)
+        hq = HqLink(
+            hq_connection(self.hq_cfg, STORE, WINDOW), STORE, self.outbox, SystemClock(), WINDOW
+        )
         proc = psutil.Process()
         peak_rss = proc.memory_info().rss
         t0 = time.perf_counter()

@@ -33,7 +33,7 @@ from gateway.errors import StorageError
 from gateway.identity.flow import ShopperFlow, scanner_zones
 from gateway.log import get_logger
 from gateway.publish.downlink import Downlink
-from gateway.publish.hq_link import HqLink
+from gateway.publish.hq_link import HqLink, hq_connection
 from gateway.publish.local_bus import LocalBus, store_connection
 from gateway.publish.outbox import Outbox
 from gateway.publish.sd_notify import SystemdNotifier
@@ -45,7 +45,8 @@ from gateway.sensing.replay import replay_backend
 from gateway.sensing.satellites import SatelliteDecoder
 from gateway.sensing.simulated import ScriptedEventSource
 from gateway.storage import profiles as profile_rows
-from gateway.storage.store import SqliteWriter
+from gateway.storage import stock as stock_rows
+from gateway.storage.store import SqliteWriter, ping
 
 # A loop that falls this far behind its own timer is not healthy enough to
 # vouch for itself to systemd's watchdog (seconds).
@@ -145,7 +146,13 @@ class Gateway:
         )
         self.outbox = Outbox(self.writer, cfg.store.id, cfg.outbox, self.clock)
         self.hq: HqLink | None = (
-            HqLink(cfg.hq, cfg.store.id, self.outbox, self.clock, cfg.outbox.publish_window)
+            HqLink(
+                hq_connection(cfg.hq, cfg.store.id, cfg.outbox.publish_window),
+                cfg.store.id,
+                self.outbox,
+                self.clock,
+                cfg.outbox.publish_window,
+            )
             if cfg.hq.enabled
             else None
         )
@@ -195,7 +202,7 @@ class Gateway:
                 for topic in self.satellites.topic_filters():
                     self.bus.conn.subscribe(topic, self.satellites.on_message)
             if self.downlink is not None:
-                self.downlink.on_change(self.shoppers.on_downlink)
+                self.downlink.changes.subscribe(self.shoppers.on_downlink)
         self.checkout: CheckoutFlow | None = None
         if cfg.lanes:
             self.checkout = build_checkout(
@@ -212,7 +219,7 @@ class Gateway:
                 self.checkout,
             )
             if self.downlink is not None:
-                self.downlink.on_change(self.decision.on_downlink)
+                self.downlink.changes.subscribe(self.decision.on_downlink)
         self.simulation = ScriptedEventSource(
             cfg.simulation, self.clock, OutboxSink(self.outbox, "simulated_event")
         )
@@ -294,7 +301,7 @@ class Gateway:
             if self.checkout is not None:
                 tasks.update(self.checkout.tasks())
             if self.decision is not None:
-                self.decision.stock.update(await self.writer.run(_load_stock))
+                self.decision.stock.update(await self.writer.run(stock_rows.load_levels))
                 tasks.update(self.decision.tasks())
             self.notifier.ready(status=f"store {self.cfg.store.id} running")
             self.log.info("gateway_ready", tasks=sorted(tasks))
@@ -371,7 +378,7 @@ class Gateway:
                 try:
                     # asyncio.timeout, not wait_for (3.11 wait_for can swallow a cancel).
                     async with asyncio.timeout(interval):
-                        await self.writer.run(_ping_db)
+                        await self.writer.run(ping)
                 except (TimeoutError, StorageError) as exc:
                     healthy = False
                     self.log.error("watchdog_writer_unresponsive", error=repr(exc))
@@ -383,14 +390,6 @@ class Gateway:
                     f"outbox {self.outbox.depth()} rows, "
                     f"hq {'up' if self.hq and self.hq.conn.connected else 'down'}"
                 )
-
-
-def _load_stock(conn: Any) -> dict[str, float]:
-    return {item: qty for item, qty in conn.execute("SELECT item, quantity FROM stock")}
-
-
-def _ping_db(conn: Any) -> None:
-    conn.execute("SELECT 1").fetchone()
 
 
 def _rss_bytes() -> int | None:

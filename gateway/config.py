@@ -130,6 +130,10 @@ class DownlinkSection(Section):
     dead_letters_kept: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
     # How long applied message ids are remembered to drop redeliveries (days).
     applied_ids_kept_days: Annotated[float, Field(gt=0, le=365)] = 30
+    # HQ messages in the gateway's hands at once (received, not yet acknowledged);
+    # the rest wait at HQ's broker. Bounds the downlink's memory to this many
+    # payloads (64 x 128 KiB = 8 MiB) while keeping the writer busy (bench/downlink.py).
+    max_inflight_messages: Annotated[int, Field(ge=1, le=1024)] = 64
 
 
 class ProfilesSection(Section):

@@ -90,11 +90,14 @@ class StoreDisplay(Protocol):
 class Fanout(Generic[T]):
     """Calls every subscriber with each event, on the loop, in subscription order.
 
-    ``name`` names the stage in the log line a failing subscriber causes.
+    ``name`` names the stage in the log line a failing subscriber causes. With
+    ``propagate`` the failure is also raised to the emitter once every subscriber
+    has been called (for what must never pass quietly, such as an erasure).
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, propagate: bool = False) -> None:
         self.name = name
+        self.propagate = propagate
         self._subscribers: list[Callable[[T], Any]] = []
         self.emitted = 0
         self.errors = 0
@@ -107,12 +110,16 @@ class Fanout(Generic[T]):
     def emit(self, event: T) -> None:
         """Hand ``event`` to every subscriber; one that raises is counted and logged."""
         self.emitted += 1
+        failed: Exception | None = None
         for fn in self._subscribers:
             try:
                 fn(event)
             except Exception as exc:  # noqa: BLE001 - a later stage's bug must not stop this one
                 self.errors += 1
                 self._log.error(f"{self.name}_subscriber_failed", error=repr(exc))
+                failed = failed or exc
+        if failed is not None and self.propagate:
+            raise failed
 
     def __len__(self) -> int:
         return len(self._subscribers)

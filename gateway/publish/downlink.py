@@ -1,12 +1,23 @@
-"""HQ -> store messages: validate, apply once, dead-letter the rest.
+"""HQ -> store messages: validate, apply once, dead-letter the rest, then acknowledge.
 
 Subscribes to ``retail/v1/stores/{store}/down/{kind}`` and
-``retail/v1/fleet/down/{kind}``. Every payload is size-capped before it is
-parsed and validated against a strict schema (``v: 1``, a message ``id``,
-unknown keys rejected). A message applies entirely, in one transaction, or not
-at all: a bad one goes to the ``dead_letters`` table with its reason and a
-health count, never a crash. Message ids already applied are remembered, so a
-redelivery (QoS 1, or HQ re-sending) applies once.
+``retail/v1/fleet/down/{kind}``. A message is acknowledged to HQ's broker
+(PUBACK) only after it is kept: applied and committed, or dead-lettered and
+committed, or recognised as an id already applied. Until then the broker
+holds it, and redelivers it after a reconnect or a restart. At most
+``downlink.max_inflight_messages`` are in the gateway's hands at once; the
+rest wait at the broker (back-pressure, see ``publish/mqtt.py``), so a flood
+costs the broker memory, not the store's.
+
+Every payload is bounded before it is parsed (size, nesting depth, how many
+values and containers it holds), then validated against a strict schema
+(``v: 1``, a message ``id``, unknown keys rejected). Decoding happens in the
+writer's job, off the event loop, and batches are bounded in bytes, so large
+pages keep neither the loop nor the writer thread busy for long. A message
+applies entirely, in one transaction, or not at all: a bad one goes to the
+``dead_letters`` table with its reason and a health count, never a crash.
+Message ids already applied are remembered, so a redelivery (QoS 1, or HQ
+re-sending) applies once.
 
 Dead-letter reasons name the field path and the kind of problem, never a value
 from the payload: a rejected message may carry personal data.
@@ -21,24 +32,30 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+import itertools
 import json
+import re
 import sqlite3
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.clock import Clock
 from gateway.config import DownlinkSection, ProfilesSection
-from gateway.errors import DownlinkRejected
-from gateway.events import UpEvent
+from gateway.errors import DownlinkRejected, OutboxRejected, StorageError
+from gateway.events import DownlinkApplied, UpEvent
 from gateway.log import get_logger
-from gateway.publish import topics
-from gateway.publish.mqtt import MqttConnection
+from gateway.ports import Fanout
+from gateway.publish import payloads, topics
+from gateway.publish.mqtt import Delivery, MqttConnection
 from gateway.publish.outbox import Outbox
 from gateway.shoppers import SCOPES, Consent, EidTag, IBeaconTag, Profile
+from gateway.storage import downlink as downlink_rows
 from gateway.storage import profiles as profile_rows
+from gateway.storage import stock as stock_rows
+from gateway.storage.downlink import DeadLetter
 from gateway.storage.store import SqliteWriter
 
 # More entries than this in one message is an HQ bug or an attack, not a sync
@@ -46,9 +63,27 @@ from gateway.storage.store import SqliteWriter
 MAX_ENTRIES = 5000
 # Opaque attributes a later stage may need (segments, features); kept small.
 MAX_ATTRIBUTES_BYTES = 8 * 1024
-# Received-but-unprocessed messages; HQ traffic is small, this bounds a flood.
-MAX_QUEUED = 10_000
 KNOWN_KINDS = ("profiles", "consent", "inventory")
+
+# What a payload may hold before it is parsed. Parsing builds one Python object
+# per value (a 128 KiB list of empty objects is about 3 MB of them), so these
+# bound its cost; each is about twice what the largest valid message can need.
+# Depth: the schema nests 4 levels (profiles, upserts, eid_tags, a tag), leaving
+# attributes room for their own structure.
+MAX_DEPTH = 32
+# Arrays and objects: 5,000 inventory items are 5,002 of them.
+MAX_CONTAINERS = 10_000
+# Values, counted as commas + 1 (a bound on every array's length): 5,000
+# inventory items, two fields each, are 10,000.
+MAX_VALUES = 20_000
+
+# A batch's payloads at most: about nine 115 KB pages, which the writer applies
+# in about 0.1 s here (bench/downlink.py), far inside the watchdog's ping interval.
+MAX_BATCH_BYTES = 1024 * 1024
+
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+_ALL_BUT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
+_NESTING_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 
 ShopperId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")]
 MessageId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
@@ -181,6 +216,23 @@ def _safe_loc(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "(message)"
 
 
+def check_shape(payload: bytes) -> None:
+    """Refuse a payload whose structure would be costly to parse (DownlinkRejected).
+
+    Strings are blanked first, so brackets and commas inside them do not count;
+    everything here runs at C speed (about 1 ms for a 115 KB page).
+    """
+    bare = _STRING.sub(b'""', payload)
+    containers = bare.count(b"[") + bare.count(b"{")
+    if containers > MAX_CONTAINERS:
+        raise DownlinkRejected(f"shape: more than {MAX_CONTAINERS} arrays and objects")
+    if bare.count(b",") + 1 > MAX_VALUES:
+        raise DownlinkRejected(f"shape: more than {MAX_VALUES} values")
+    steps = memoryview(bare.translate(None, _ALL_BUT_BRACKETS).translate(_NESTING_STEP))
+    if max(itertools.accumulate(steps.cast("b")), default=0) > MAX_DEPTH:
+        raise DownlinkRejected(f"shape: nested deeper than {MAX_DEPTH} levels")
+
+
 def decode(kind: str, payload: bytes, max_bytes: int) -> _Strict:
     """The validated message, or DownlinkRejected with a reason that quotes no payload data."""
     if kind not in SCHEMAS:
@@ -190,7 +242,10 @@ def decode(kind: str, payload: bytes, max_bytes: int) -> _Strict:
             else "unknown kind"
         )
     if len(payload) > max_bytes:
-        raise DownlinkRejected(f"payload of {len(payload)} bytes exceeds the {max_bytes}-byte cap")
+        raise DownlinkRejected(
+            f"size: payload of {len(payload)} bytes exceeds the {max_bytes}-byte cap"
+        )
+    check_shape(payload)
     try:
         doc = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -228,39 +283,8 @@ def to_profile(u: ProfileUpsert) -> Profile:
     )
 
 
-class Changes:
-    """What one batch of messages changed, for the in-memory directory."""
-
-    def __init__(self) -> None:
-        self.profiles: dict[str, Profile] = {}
-        self.consents: dict[str, Consent] = {}
-        self.erased: set[str] = set()
-        # Stock levels set by inventory messages; ``stock_replaced``: the table was
-        # replaced as a whole first (items not listed are now unknown).
-        self.stock: dict[str, float] = {}
-        self.stock_replaced = False
-
-    def upsert_profile(self, p: Profile) -> None:
-        self.erased.discard(p.shopper)
-        self.profiles[p.shopper] = p
-
-    def set_consent(self, c: Consent) -> None:
-        self.erased.discard(c.shopper)
-        self.consents[c.shopper] = c
-
-    def erase(self, shopper: str) -> None:
-        self.profiles.pop(shopper, None)
-        self.consents.pop(shopper, None)
-        self.erased.add(shopper)
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.profiles or self.consents or self.erased or self.stock or self.stock_replaced
-        )
-
-
-# (profiles, consents, erased) after a batch is committed.
-ChangeListener = Callable[[Changes], None]
+def _kind_of(topic: str) -> str:
+    return topic.rsplit("/", 1)[-1]
 
 
 class Downlink:
@@ -283,23 +307,26 @@ class Downlink:
         self.clock = clock
         self.cfg = cfg
         self.profiles_cfg = profiles_cfg
-        self._queue: collections.deque[tuple[str, bytes, float]] = collections.deque()
+        # Received, not yet applied; at most cfg.max_inflight_messages (the connection
+        # hands over no more until some are acknowledged).
+        self._queue: collections.deque[tuple[Delivery, float]] = collections.deque()
         self._wake = asyncio.Event()
-        self._listeners: list[ChangeListener] = []
+        # Each committed batch that changed something, for the stages' in-memory state. An
+        # erasure the stages could not apply must not pass quietly: a subscriber that
+        # raises stops the downlink, and the restart rebuilds memory from the database.
+        self.changes: Fanout[DownlinkApplied] = Fanout("downlink", propagate=True)
         self._log = get_logger("downlink")
         self.received = 0
         self.applied = 0
         self.duplicates = 0
+        self.acked = 0
         self.dead_lettered: collections.Counter[str] = collections.Counter()
-        self.overflowed = 0
         self.erased_total = 0
         self.last_erase_ms = 0.0
         self.store_counts: dict[str, Any] = {}
-        conn.subscribe(topics.hq_down(store_id, "+"), self._on_message)
-        conn.subscribe(topics.FLEET_DOWN_ALL, self._on_message)
-
-    def on_change(self, listener: ChangeListener) -> None:
-        self._listeners.append(listener)
+        conn.acknowledge_manually(cfg.max_inflight_messages)
+        conn.subscribe_acked(topics.hq_down(store_id, "+"), self._on_delivery)
+        conn.subscribe_acked(topics.FLEET_DOWN_ALL, self._on_delivery)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -308,8 +335,10 @@ class Downlink:
             "duplicates": self.duplicates,
             "dead_lettered": sum(self.dead_lettered.values()),
             "dead_letter_reasons": dict(self.dead_lettered.most_common(5)),
-            "overflowed": self.overflowed,
             "queued": len(self._queue),
+            "unacked": self.conn.unacked,
+            "acked": self.acked,
+            "reads_paused": self.conn.reads_paused,
             "erased_shoppers": self.erased_total,
             "last_erase_ms": round(self.last_erase_ms, 1),
             **self.store_counts,
@@ -320,46 +349,49 @@ class Downlink:
 
     # -- receive (event loop) -----------------------------------------------------------
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_delivery(self, delivery: Delivery) -> None:
         self.received += 1
-        kind = topic.rsplit("/", 1)[-1]
-        if len(self._queue) >= MAX_QUEUED:
-            # QoS 1 already acknowledged by paho: count it loudly; HQ must re-send.
-            self.overflowed += 1
-            self._log.error("downlink_queue_full", kind=kind[:32], size=len(payload))
-            return
-        self._queue.append((kind, payload, self.clock.wall()))
+        self._queue.append((delivery, self.clock.wall()))
         self._wake.set()
 
     # -- apply ---------------------------------------------------------------------
 
     async def _run(self) -> None:
+        # Half the window per batch: while one half is applied, the broker can send
+        # the other half, so the writer does not wait for the network.
+        most = max(1, self.cfg.max_inflight_messages // 2)
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), 500))]
-                await self.apply_batch(batch)
+                batch = [self._queue.popleft()]
+                size = len(batch[0][0].payload)
+                while self._queue and len(batch) < most:
+                    size += len(self._queue[0][0].payload)
+                    if size > MAX_BATCH_BYTES:
+                        break
+                    batch.append(self._queue.popleft())
+                await self.apply_batch([(_kind_of(d.topic), d.payload, at) for d, at in batch])
+                # Kept (applied, dead-lettered or a duplicate, all committed): only
+                # now may the broker forget them.
+                for delivery, _ in batch:
+                    self.conn.ack(delivery)
+                self.acked += len(batch)
 
-    async def apply_batch(self, batch: list[tuple[str, bytes, float]]) -> Changes:
+    async def apply_batch(self, batch: list[tuple[str, bytes, float]]) -> DownlinkApplied:
         """Validate and apply ``(kind, payload, received_at)`` messages in one transaction."""
-        valid: list[tuple[str, _Strict, float]] = []
-        dead: list[tuple[str, str, float, int]] = []
-        for kind, payload, received_at in batch:
-            try:
-                valid.append((kind, decode(kind, payload, self.cfg.max_payload_bytes), received_at))
-            except DownlinkRejected as exc:
-                dead.append((kind[:32], exc.reason, received_at, len(payload)))
         now = self.clock.wall()
         started = time.perf_counter()
-        result = await self.writer.run(lambda conn: self._apply_job(conn, valid, dead, now))
-        changes, applied, duplicates, acks, counts = result
+        result = await self.writer.run(lambda conn: self._apply_job(conn, batch, now))
+        changes, applied, duplicates, dead, receipts, counts = result
         self.applied += applied
         self.duplicates += duplicates
         self.store_counts = counts
-        for kind, reason, _, size in dead:
-            self.dead_lettered[reason.split(":", 1)[0]] += 1
-            self._log.warning("downlink_dead_lettered", kind=kind, reason=reason, size=size)
+        for letter in dead:
+            self.dead_lettered[letter.reason.split(":", 1)[0]] += 1
+            self._log.warning(
+                "downlink_dead_lettered", kind=letter.source, reason=letter.reason, size=letter.size
+            )
         if changes.erased:
             erased_rows = await self.outbox.erase_subjects(changes.erased)
             await self.writer.run(profile_rows.purge_wal)
@@ -372,37 +404,52 @@ class Downlink:
                 took_ms=round(self.last_erase_ms, 1),
             )
         if changes:
-            for listener in self._listeners:
-                listener(changes)
-        for ack in acks:
-            self.outbox.enqueue(UpEvent.of("consent", ack, now))
+            self.changes.emit(changes)
+        await self._send_receipts(receipts, now)
         return changes
 
+    async def _send_receipts(self, receipts: list[dict[str, Any]], now: float) -> None:
+        """Commit the consent receipts before the messages are acknowledged."""
+        if not receipts:
+            return
+        kept = await asyncio.gather(
+            *(self.outbox.enqueue(UpEvent.of("consent", r, now)) for r in receipts),
+            return_exceptions=True,
+        )
+        for receipt, result in zip(receipts, kept, strict=True):
+            if isinstance(result, OutboxRejected | StorageError):
+                self._log.error(
+                    "consent_receipt_not_kept", message=receipt["message"], error=str(result)
+                )
+            elif isinstance(result, BaseException):
+                raise result
+
     def _apply_job(
-        self,
-        conn: sqlite3.Connection,
-        valid: list[tuple[str, _Strict, float]],
-        dead: list[tuple[str, str, float, int]],
-        now: float,
-    ) -> tuple[Changes, int, int, list[dict[str, Any]], dict[str, Any]]:
-        changes = Changes()
+        self, conn: sqlite3.Connection, batch: list[tuple[str, bytes, float]], now: float
+    ) -> tuple[DownlinkApplied, int, int, list[DeadLetter], list[dict[str, Any]], dict[str, Any]]:
+        # Decoded here, one message at a time, not on the event loop: the loop stays
+        # free, and each message's parsed objects are garbage before the next is read
+        # (a batch of parsed pages kept alive together made the collector walk the
+        # whole heap every batch: bench/downlink.py).
+        changes = DownlinkApplied()
         applied = duplicates = 0
-        acks: list[dict[str, Any]] = []
+        dead: list[DeadLetter] = []
+        receipts: list[dict[str, Any]] = []
         conn.execute("BEGIN IMMEDIATE")
-        for kind, msg, _received in valid:
-            seen = conn.execute(
-                "INSERT OR IGNORE INTO downlink_applied (message_id, kind, applied_at) "
-                "VALUES (?, ?, ?)",
-                (msg.id, kind, now),  # type: ignore[attr-defined]
-            ).rowcount
-            if not seen:
+        for kind, payload, received_at in batch:
+            try:
+                msg = decode(kind, payload, self.cfg.max_payload_bytes)
+            except DownlinkRejected as exc:
+                dead.append(DeadLetter(kind[:32], exc.reason, received_at, len(payload)))
+                continue
+            if not downlink_rows.mark_applied(conn, msg.id, kind, now):  # type: ignore[attr-defined]
                 duplicates += 1
                 continue
             applied += 1
             if isinstance(msg, ProfilesMessage):
                 self._apply_profiles(conn, msg, changes, now)
             elif isinstance(msg, ConsentMessage):
-                acks.append(self._apply_consent(conn, msg, changes, now))
+                receipts.append(self._apply_consent(conn, msg, changes, now))
             elif isinstance(msg, InventoryMessage):
                 self._apply_inventory(conn, msg, changes, now)
         if changes.erased:
@@ -410,24 +457,13 @@ class Downlink:
         for shopper in profile_rows.evict_over_cap(conn, self.profiles_cfg.max_shoppers):
             changes.profiles.pop(shopper, None)
             changes.erased.add(shopper)
-        conn.executemany(
-            "INSERT INTO dead_letters (source, reason, received_at, size) VALUES (?, ?, ?, ?)",
-            dead,
-        )
-        if dead:
-            conn.execute(
-                "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?",
-                (self.cfg.dead_letters_kept,),
-            )
-        conn.execute(
-            "DELETE FROM downlink_applied WHERE applied_at < ?",
-            (now - self.cfg.applied_ids_kept_days * 86400,),
-        )
+        downlink_rows.add_dead_letters(conn, dead, self.cfg.dead_letters_kept)
+        downlink_rows.forget_applied_before(conn, now - self.cfg.applied_ids_kept_days * 86400)
         conn.execute("COMMIT")
-        return changes, applied, duplicates, acks, profile_rows.counts(conn)
+        return changes, applied, duplicates, dead, receipts, profile_rows.counts(conn)
 
     def _apply_profiles(
-        self, conn: sqlite3.Connection, msg: ProfilesMessage, changes: Changes, now: float
+        self, conn: sqlite3.Connection, msg: ProfilesMessage, changes: DownlinkApplied, now: float
     ) -> None:
         fresh = [to_profile(u) for u in msg.upserts if u.expires_at > now]
         profile_rows.upsert_profiles(conn, fresh, now)
@@ -445,21 +481,18 @@ class Downlink:
             changes.erase(shopper)
 
     def _apply_inventory(
-        self, conn: sqlite3.Connection, msg: InventoryMessage, changes: Changes, now: float
+        self, conn: sqlite3.Connection, msg: InventoryMessage, changes: DownlinkApplied, now: float
     ) -> None:
         if msg.replace:
-            conn.execute("DELETE FROM stock")
+            stock_rows.clear(conn)
             changes.stock.clear()
             changes.stock_replaced = True
-        conn.executemany(
-            "INSERT OR REPLACE INTO stock (item, quantity, updated_at) VALUES (?, ?, ?)",
-            [(level.item, level.quantity, now) for level in msg.items],
-        )
+        stock_rows.set_levels(conn, [(level.item, level.quantity) for level in msg.items], now)
         for level in msg.items:
             changes.stock[level.item] = level.quantity
 
     def _apply_consent(
-        self, conn: sqlite3.Connection, msg: ConsentMessage, changes: Changes, now: float
+        self, conn: sqlite3.Connection, msg: ConsentMessage, changes: DownlinkApplied, now: float
     ) -> dict[str, Any]:
         counts = collections.Counter[str]()
         for ch in msg.changes:
@@ -473,7 +506,7 @@ class Downlink:
             changes.set_consent(c)
         # The receipt HQ keeps as its legal record: which message, applied when.
         # It names no shopper: HQ knows who was in its own message.
-        return {"message": msg.id, "applied_at": now, "changes": dict(counts)}
+        return payloads.consent_applied(msg.id, now, counts)
 
     # -- expiry --------------------------------------------------------------------
 
@@ -496,12 +529,11 @@ class Downlink:
 
         gone = await self.writer.run(job)
         if gone:
-            changes = Changes()
+            changes = DownlinkApplied()
             for shopper in gone:
                 changes.erase(shopper)
             await self.outbox.erase_subjects(changes.erased)
             await self.writer.run(profile_rows.purge_wal)
-            for listener in self._listeners:
-                listener(changes)
+            self.changes.emit(changes)
             self._log.info("profiles_expired", count=len(gone))
         return len(gone)

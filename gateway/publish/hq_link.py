@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Coroutine
 from typing import Any
 
 from gateway.clock import Clock
 from gateway.config import HqSection
 from gateway.log import get_logger
-from gateway.publish import topics
+from gateway.publish import payloads, topics
 from gateway.publish.mqtt import MqttConnection, Will
 from gateway.publish.outbox import Outbox
 
@@ -29,38 +28,36 @@ from gateway.publish.outbox import Outbox
 FAILED_RETRY_S = 30.0
 
 
-def status_payload(store: str, state: str, ts: float, **extra: Any) -> bytes:
-    """The retained status document of docs/contracts.md section 3."""
-    return json.dumps(
-        {"v": 1, "state": state, "store": store, "ts": ts, **extra}, separators=(",", ":")
-    ).encode()
+def hq_connection(cfg: HqSection, store_id: str, window: int) -> MqttConnection:
+    """The connection to HQ: ``offline`` as its retained will, a persistent session, and
+    at most ``window`` of our messages in flight."""
+    will = Will(
+        topics.hq_status(store_id),
+        payloads.status(store_id, "offline", 0.0, reason="connection lost"),
+    )
+    return MqttConnection(
+        "hq",
+        cfg,
+        client_id=cfg.client_id or f"store-gateway-{store_id}",
+        password_env="STORE_GATEWAY_HQ_PASSWORD",  # noqa: S106 - an env variable name
+        will=will,
+        session_expiry_s=cfg.session_expiry_s,
+        max_inflight=window,
+    )
 
 
 class HqLink:
     """Publishes outbox rows to HQ and reports their acknowledgement back."""
 
     def __init__(
-        self, cfg: HqSection, store_id: str, outbox: Outbox, clock: Clock, window: int
+        self, conn: MqttConnection, store_id: str, outbox: Outbox, clock: Clock, window: int
     ) -> None:
-        self.cfg = cfg
+        self.conn = conn
         self.store_id = store_id
         self.outbox = outbox
         self.clock = clock
         self.window = window
         self._log = get_logger("hq_link")
-        will = Will(
-            topics.hq_status(store_id),
-            status_payload(store_id, "offline", 0.0, reason="connection lost"),
-        )
-        self.conn = MqttConnection(
-            "hq",
-            cfg,
-            client_id=cfg.client_id or f"store-gateway-{store_id}",
-            password_env="STORE_GATEWAY_HQ_PASSWORD",  # noqa: S106 - an env variable name
-            will=will,
-            session_expiry_s=cfg.session_expiry_s,
-            max_inflight=window,
-        )
         self.conn.on_ack(self._on_ack)
         self.conn.on_up(self._on_up)
         self._inflight: dict[int, int] = {}  # mid -> seq
@@ -85,7 +82,7 @@ class HqLink:
     def _on_up(self) -> None:
         self.conn.publish(
             topics.hq_status(self.store_id),
-            status_payload(self.store_id, "online", self.clock.wall()),
+            payloads.status(self.store_id, "online", self.clock.wall()),
             retain=True,
         )
         self._room.set()
@@ -147,7 +144,7 @@ class HqLink:
             [
                 (
                     topics.hq_status(self.store_id),
-                    status_payload(self.store_id, "offline", self.clock.wall(), reason="shutdown"),
+                    payloads.status(self.store_id, "offline", self.clock.wall(), reason="shutdown"),
                     True,
                 )
             ],

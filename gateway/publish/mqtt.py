@@ -7,6 +7,18 @@ an HQ outage. One ``Client`` lives for the whole process: its in-flight QoS 1
 messages are resent (DUP) on reconnect, so message ids stay valid across
 connections. paho callbacks are handed to the event loop with
 ``call_soon_threadsafe``; no paho type leaves this module.
+
+A connection may take over acknowledging (``acknowledge_manually``): messages
+on its ``subscribe_acked`` topics are PUBACKed only when their receiver calls
+``ack``, after it has kept them, and at most ``max_unacked`` are in the
+receiver's hands at once. The broker is asked for that bound (MQTT v5 Receive
+Maximum); a broker that sends more anyway (Mosquitto before 2.0.15 refills a
+whole window per PUBACK) or QoS 0 traffic finds paho's network thread waiting
+for room, so the socket stops being read and TCP pushes back on the broker.
+
+TLS files and the password file are read at each connect attempt, not at
+construction: a broken file is a connection problem (``last_error``, retried
+with backoff), not a reason for the whole gateway to exit.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ import collections
 import contextlib
 import random
 import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,6 +41,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config import BrokerSection, read_secret
+from gateway.errors import BrokerError
 from gateway.log import get_logger
 
 AckHandler = Callable[[int, bool, int], None]
@@ -35,10 +49,30 @@ MessageHandler = Callable[[str, bytes], None]
 
 
 @dataclass(frozen=True, slots=True)
+class Delivery:
+    """A received message whose acknowledgement belongs to its receiver (``ack``)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    # Which connection it came on: a PUBACK is only meaningful on that one (the
+    # broker redelivers what was not acknowledged before a disconnect).
+    connection: int
+
+
+DeliveryHandler = Callable[[Delivery], None]
+
+
+@dataclass(frozen=True, slots=True)
 class Will:
     topic: str
     payload: bytes
     retain: bool = True
+
+
+# MQTT v5 carries Receive Maximum in two bytes; 0 is not allowed.
+MAX_RECEIVE_MAXIMUM = 65_535
 
 
 def jittered(backoff_s: float) -> float:
@@ -76,9 +110,19 @@ class MqttConnection:
         # PUBACKs handed from paho's thread to the loop (deque ops are atomic).
         self._acks: collections.deque[tuple[int, bool, int]] = collections.deque()
         self._routes: list[tuple[str, MessageHandler]] = []
+        self._acked_routes: list[tuple[str, DeliveryHandler]] = []
         self._on_up: list[Callable[[], Awaitable[None] | None]] = []
         self._subscriptions: list[str] = []
         self._password_env = password_env
+        self._tls_ready = False
+        # Manual acknowledgement: deliveries in the receiver's hands, and the bound.
+        # _connection counts connects and disconnects (paho's thread writes it).
+        self._max_unacked: int | None = None
+        self._unacked = 0
+        self._room = threading.Condition()
+        self._closing = False
+        self._connection = 0
+        self.reads_paused = 0
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -90,15 +134,6 @@ class MqttConnection:
         self._client.max_inflight_messages_set(max_inflight)
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
-        if cfg.username is not None:
-            self._client.username_pw_set(cfg.username, read_secret(password_env, cfg.password_file))
-        if cfg.tls is not None:
-            self._client.tls_set(
-                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
         self._client.on_connect = self._paho_on_connect
         self._client.on_disconnect = self._paho_on_disconnect
         self._client.on_publish = self._paho_on_publish
@@ -121,11 +156,43 @@ class MqttConnection:
         if self.connected:
             self._client.subscribe(topic, qos=1)
 
+    def acknowledge_manually(self, max_unacked: int) -> None:
+        """Acknowledge ``subscribe_acked`` messages only through ``ack``; at most
+        ``max_unacked`` of them unacknowledged at once. Call before ``run``."""
+        if max_unacked < 1 or max_unacked > MAX_RECEIVE_MAXIMUM:
+            raise ValueError(f"max_unacked must be 1-{MAX_RECEIVE_MAXIMUM}")
+        self._max_unacked = max_unacked
+        self._client.manual_ack_set(True)
+
+    def subscribe_acked(self, topic: str, handler: DeliveryHandler) -> None:
+        """Subscribe; each message reaches ``handler`` on the loop as a Delivery, and is
+        acknowledged to the broker only when ``ack`` is called for it."""
+        if self._max_unacked is None:
+            raise ValueError("subscribe_acked needs acknowledge_manually first")
+        self._acked_routes.append((topic, handler))
+        self._subscriptions.append(topic)
+        if self.connected:
+            self._client.subscribe(topic, qos=1)
+
+    def ack(self, delivery: Delivery) -> None:
+        """The receiver has kept ``delivery``: PUBACK it and make room for the next.
+
+        A delivery from an earlier connection is not acknowledged: its packet id
+        belongs to that connection, and the broker sends the message again.
+        """
+        with self._room:
+            self._unacked -= 1
+            self._room.notify()
+        if delivery.qos > 0 and delivery.connection == self._connection:
+            self._client.ack(delivery.mid, delivery.qos)
+
+    @property
+    def unacked(self) -> int:
+        """Deliveries handed to receivers and not acknowledged yet."""
+        return self._unacked
+
     async def wait_up(self) -> None:
         await self._up.wait()
-
-    async def wait_down(self) -> None:
-        await self._down.wait()
 
     # -- publishing ---------------------------------------------------------------
 
@@ -154,11 +221,11 @@ class MqttConnection:
             self._down.clear()
             try:
                 await asyncio.to_thread(self._connect_blocking)
-            except (OSError, ssl.SSLError, ValueError) as exc:
+            except (BrokerError, OSError, ssl.SSLError, ValueError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 delay = jittered(backoff)
                 self._log.warning(
-                    "broker_unreachable",
+                    "broker_unusable" if isinstance(exc, BrokerError) else "broker_unreachable",
                     host=self.cfg.host,
                     port=self.cfg.port,
                     error=self.last_error,
@@ -167,6 +234,10 @@ class MqttConnection:
                 await asyncio.sleep(delay)
                 backoff = min(backoff * 2, self.cfg.reconnect_max_s)
                 continue
+            # paho 2.2's loop_start makes a new wake-up socket pair over the one it still
+            # holds (from connect() or the previous thread) without closing it: close it
+            # first, or every reconnect leaks two sockets.
+            self._client._reset_sockets(sockpair_only=True)
             self._client.loop_start()
             await self._down.wait()
             await asyncio.to_thread(self._client.loop_stop)
@@ -179,10 +250,36 @@ class MqttConnection:
             await asyncio.sleep(jittered(backoff))
             backoff = min(backoff * 2, self.cfg.reconnect_max_s)
 
+    def _prepare_blocking(self) -> None:
+        """Read the password and TLS files (each attempt, until they work once)."""
+        cfg = self.cfg
+        if cfg.username is not None:
+            try:
+                password = read_secret(self._password_env, cfg.password_file)
+            except OSError as exc:
+                raise BrokerError(f"password file unusable: {exc.strerror}") from exc
+            self._client.username_pw_set(cfg.username, password)
+        if cfg.tls is not None and not self._tls_ready:
+            try:
+                # paho builds the whole context before taking it, so a file that fails
+                # here leaves the client untouched and the next attempt tries again.
+                self._client.tls_set(
+                    ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                    certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                    keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                )
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise BrokerError(f"TLS files unusable: {type(exc).__name__}: {exc}") from exc
+            self._tls_ready = True
+
     def _connect_blocking(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
+        self._prepare_blocking()
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho untyped
         if self.session_expiry_s is not None:
             props.SessionExpiryInterval = self.session_expiry_s
+        if self._max_unacked is not None:
+            props.ReceiveMaximum = self._max_unacked
         # clean_start=False keeps HQ's session (subscriptions, queued downlink)
         # across restarts; paho's default would wipe it at every process start.
         self._client.connect(
@@ -198,6 +295,11 @@ class MqttConnection:
 
         True when every final message was acknowledged in time.
         """
+        # A network thread waiting for room would never read the final PUBACKs:
+        # let it go (what it holds is not acknowledged, so the broker keeps it).
+        with self._room:
+            self._closing = True
+            self._room.notify_all()
         acked = True
         if self.connected and final:
             infos = [self._client.publish(t, p, qos=1, retain=r) for t, p, r in final]
@@ -225,6 +327,7 @@ class MqttConnection:
     def _paho_on_connect(
         self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
+        self._connection += 1
         self._call(
             self._handle_connect,
             not reason.is_failure,
@@ -235,6 +338,7 @@ class MqttConnection:
     def _paho_on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
+        self._connection += 1
         self._call(self._handle_disconnect, str(reason))
 
     def _paho_on_publish(
@@ -257,10 +361,36 @@ class MqttConnection:
 
     def _paho_on_message(self, client: Any, userdata: Any, message: Any) -> None:
         topic = message.topic
+        for pattern, acked_handler in self._acked_routes:
+            if topic_matches_sub(pattern, topic):
+                self._deliver(acked_handler, message)
+                return
         for pattern, handler in self._routes:
             if topic_matches_sub(pattern, topic):
                 self._call(handler, topic, bytes(message.payload))
-                return
+                break
+        if self._max_unacked is not None and message.qos > 0:
+            # Nobody keeps these: acknowledge as paho would have, or they would hold
+            # the broker's window forever.
+            client.ack(message.mid, message.qos)
+
+    def _deliver(self, handler: DeliveryHandler, message: Any) -> None:
+        """Hand one message over once there is room (network thread; may wait)."""
+        assert self._max_unacked is not None
+        with self._room:
+            if self._unacked >= self._max_unacked and not self._closing:
+                # Waiting here stops paho reading the socket: back-pressure by TCP.
+                self.reads_paused += 1
+                self._room.wait_for(
+                    lambda: self._unacked < (self._max_unacked or 0) or self._closing
+                )
+            if self._closing:
+                return  # not acknowledged: the broker sends it again next session
+            self._unacked += 1
+        delivery = Delivery(
+            message.topic, bytes(message.payload), message.qos, message.mid, self._connection
+        )
+        self._call(handler, delivery)
 
     # -- state (event loop) -------------------------------------------------------
 

@@ -207,6 +207,11 @@ def rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
+def ping(conn: sqlite3.Connection) -> None:
+    """The cheapest statement: proof that the writer thread answers (the watchdog's check)."""
+    conn.execute("SELECT 1").fetchone()
+
+
 def checkpoint(conn: sqlite3.Connection) -> None:
     """Move the WAL into the database and truncate it (frees disk after deletes)."""
     with contextlib.suppress(sqlite3.Error):

@@ -93,10 +93,11 @@ class GatewayProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
 
-    def start(self) -> GatewayProcess:
+    def start(self, extra_env: dict[str, str] | None = None) -> GatewayProcess:
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("NOTIFY_SOCKET", None)
+        env.update(extra_env or {})  # e.g. a test's own $NOTIFY_SOCKET and $WATCHDOG_USEC
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
             stdout=self._log_file,

@@ -17,12 +17,22 @@ from hypothesis import strategies as st
 from gateway.clock import ManualClock
 from gateway.config import BrokerSection, DownlinkSection, OutboxSection, ProfilesSection
 from gateway.errors import DownlinkRejected
-from gateway.events import UpEvent
-from gateway.publish.downlink import Changes, Downlink, decode
-from gateway.publish.mqtt import MqttConnection
+from gateway.events import DownlinkApplied, UpEvent
+from gateway.publish.downlink import (
+    MAX_CONTAINERS,
+    MAX_DEPTH,
+    MAX_VALUES,
+    Downlink,
+    InventoryMessage,
+    ProfilesMessage,
+    decode,
+)
+from gateway.publish.mqtt import Delivery, MqttConnection
 from gateway.publish.outbox import Outbox
 from gateway.storage import profiles as profile_rows
+from gateway.storage import stock as stock_rows
 from gateway.storage.store import SqliteWriter
+from gateway.testing import downlink_load as load
 
 STORE = "s1"
 NOW = 1_795_000_000.0
@@ -59,7 +69,7 @@ class Rig:
     outbox: Outbox
     writer: SqliteWriter
     db: Path
-    seen: list[Changes]
+    seen: list[DownlinkApplied]
 
 
 @contextlib.asynccontextmanager
@@ -75,8 +85,8 @@ async def open_rig(db: Path, **profiles: Any) -> AsyncIterator[Rig]:
     dl = Downlink(
         conn, STORE, writer, outbox, clock, DownlinkSection(), ProfilesSection(**profiles)
     )
-    seen: list[Changes] = []
-    dl.on_change(seen.append)
+    seen: list[DownlinkApplied] = []
+    dl.changes.subscribe(seen.append)
     try:
         yield Rig(dl, outbox, writer, db, seen)
     finally:
@@ -230,7 +240,9 @@ def test_opt_out_erases_rows_keys_hashes_and_unsent_events(tmp_path: Path) -> No
             opt_out = {"shopper": "shopper-17", "action": "opt_out"}
             changes = await rig.downlink.apply_batch([("consent", consent_msg("c1", opt_out), NOW)])
             assert changes.erased == {"shopper-17"}
-            assert rig.outbox.depth() == before - 50
+            # Their 50 events are gone; the consent receipt is committed before the
+            # message could be acknowledged.
+            assert rig.outbox.depth() == before - 50 + 1
             await rig.outbox.flush()
 
     asyncio.run(scenario())
@@ -246,6 +258,7 @@ def test_opt_out_erases_rows_keys_hashes_and_unsent_events(tmp_path: Path) -> No
         assert needle not in data, needle
     assert b"other-9" in data  # the other shopper is untouched
     assert query(db, "SELECT count(*) FROM outbox WHERE subject='other-9'") == [(50,)]
+    assert query(db, "SELECT count(*) FROM outbox WHERE kind='consent'") == [(1,)]
 
 
 def test_profile_cache_is_bounded(tmp_path: Path) -> None:
@@ -316,7 +329,7 @@ def test_inventory_fills_the_stock_table_and_bad_levels_are_dead_lettered(
 ) -> None:
     """Levels update or replace the stock table; hostile ones are refused with a reason."""
 
-    async def scenario() -> list[Changes]:
+    async def scenario() -> list[DownlinkApplied]:
         async with open_rig(tmp_path / "g.db") as rig:
             first = await rig.downlink.apply_batch(
                 [
@@ -351,8 +364,119 @@ def test_inventory_fills_the_stock_table_and_bad_levels_are_dead_lettered(
                 ]
             )
             assert second.stock_replaced and second.stock == {"21903": 3.5}
+            # What the decision rules load at start.
+            assert await rig.writer.run(stock_rows.load_levels) == {"21903": 3.5}
             return rig.seen
 
     seen = asyncio.run(scenario())
     assert len(seen) == 2  # the refused batch changed nothing, so nobody was told
     assert query(tmp_path / "g.db", "SELECT item, quantity FROM stock") == [("21903", 3.5)]
+
+
+def test_shape_bounds_refuse_costly_payloads_and_pass_the_largest_valid_ones() -> None:
+    """Too deep, too many values or too many containers is refused before parsing; the
+    largest valid messages pass, and brackets or commas inside strings do not count."""
+    # The densest valid message: as many inventory items as fit under the cap.
+    items = [{"item": f"{i}", "quantity": i % 7} for i in range(5000)]
+    while len(dense := json.dumps({"v": 1, "id": "i", "items": items}).encode()) > MAX:
+        items.pop()
+    assert isinstance(decode("inventory", dense, MAX), InventoryMessage)
+    page = load.profile_page(0, 10_000, load.page_upserts(), NOW)
+    assert len(page) > 100 * 1024
+    assert isinstance(decode("profiles", page, MAX), ProfilesMessage)
+    noisy = make_upsert(attributes={"note": "[{" * 1500 + "," * 4000})
+    assert decode("profiles", profiles_msg("noisy", [noisy]), MAX)
+
+    nested: Any = {}
+    for _ in range(MAX_DEPTH):
+        nested = {"a": nested}
+    deep = profiles_msg("deep", [make_upsert(attributes=nested)])
+    wide = json.dumps({"v": 1, "id": "wide", "deletes": [0] * MAX_VALUES}).encode()
+    boxes = json.dumps({"v": 1, "id": "boxes", "upserts": [{}] * MAX_CONTAINERS}).encode()
+    for payload, what in ((deep, "nested deeper"), (wide, "values"), (boxes, "arrays")):
+        try:
+            decode("profiles", payload, MAX)
+        except DownlinkRejected as exc:
+            assert exc.reason.startswith("shape:") and what in exc.reason, exc.reason
+        else:
+            raise AssertionError(f"{what}: accepted")
+
+
+class RecordingConnection:
+    """The connection surface Downlink uses, recording each ack with what was on disk then."""
+
+    def __init__(self, db: Path, expected: int) -> None:
+        self.db = db
+        self.expected = expected
+        self.all_acked = asyncio.Event()
+        self.unacked = 0
+        self.reads_paused = 0
+        self.handlers: list[Any] = []
+        self.acks: list[tuple[bytes, int, int]] = []  # payload, applied ids, dead letters
+
+    def acknowledge_manually(self, max_unacked: int) -> None:
+        self.max_unacked = max_unacked
+
+    def subscribe_acked(self, topic: str, handler: Any) -> None:
+        self.handlers.append(handler)
+
+    def deliver(self, topic: str, payload: bytes) -> None:
+        self.unacked += 1
+        self.handlers[0](Delivery(topic, payload, 1, len(self.acks) + self.unacked, 1))
+
+    def ack(self, delivery: Delivery) -> None:
+        self.unacked -= 1
+        applied = query(self.db, "SELECT count(*) FROM downlink_applied")[0][0]
+        dead = query(self.db, "SELECT count(*) FROM dead_letters")[0][0]
+        self.acks.append((delivery.payload, applied, dead))
+        if len(self.acks) >= self.expected:
+            self.all_acked.set()
+
+
+def test_a_message_is_acknowledged_only_once_it_is_committed(tmp_path: Path) -> None:
+    """Applied, dead-lettered and duplicate messages are each acknowledged, and only after
+    the transaction that keeps them is on disk (seen from another connection)."""
+    db = tmp_path / "g.db"
+
+    async def scenario() -> RecordingConnection:
+        writer = SqliteWriter(db, ballast_mb=0)
+        writer.start()
+        outbox = Outbox(writer, STORE, OutboxSection(), ManualClock(wall=NOW))
+        await outbox.open()
+        commits = asyncio.create_task(outbox.run())
+        conn = RecordingConnection(db, expected=4)
+        dl = Downlink(
+            conn,  # type: ignore[arg-type]
+            STORE,
+            writer,
+            outbox,
+            ManualClock(wall=NOW),
+            DownlinkSection(max_inflight_messages=4),
+            ProfilesSection(),
+        )
+        tasks = [asyncio.create_task(coro) for coro in dl.tasks().values()]
+        try:
+            topic = "retail/v1/stores/s1/down/"
+            conn.deliver(topic + "profiles", profiles_msg("a"))
+            conn.deliver(topic + "profiles", b"not json")
+            conn.deliver(topic + "profiles", profiles_msg("a"))
+            conn.deliver(topic + "consent", consent_msg("c", {"shopper": "x", "action": "opt_out"}))
+            async with asyncio.timeout(10):
+                await conn.all_acked.wait()
+            assert dl.stats()["acked"] == 4 and conn.unacked == 0
+            assert (dl.applied, dl.duplicates, sum(dl.dead_lettered.values())) == (2, 1, 1)
+        finally:
+            for task in [*tasks, commits]:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            writer.close()
+        return conn
+
+    conn = asyncio.run(scenario())
+    # Every ack came after the commit that kept its message: by the time the first
+    # was sent, the batch's ids and dead letter were already readable elsewhere.
+    by_payload = {payload: (applied, dead) for payload, applied, dead in conn.acks}
+    assert by_payload[profiles_msg("a")][0] >= 1
+    assert by_payload[b"not json"][1] == 1
+    assert by_payload[consent_msg("c", {"shopper": "x", "action": "opt_out"})][0] == 2
