@@ -35,7 +35,7 @@ from gateway.config import (
     SatelliteSection,
 )
 from gateway.events import DownlinkApplied, Sighting
-from gateway.identity.directory import ShopperDirectory
+from gateway.identity.directory import DirectorySnapshot, ShopperDirectory, TableInputs
 from gateway.identity.presence import (
     PresenceEvent,
     PresenceParams,
@@ -321,21 +321,20 @@ class ShopperFlow:
     async def rebuild(self, center_window: int, *, install_at: float | None = None) -> None:
         """Build the token and EID tables for ``center_window`` off the loop and install them."""
         at = center_window * WINDOW_S + WINDOW_S / 2
-        keys = self.directory.token_keys(at)
-        tags = self.directory.eid_tags(at)
-        ibeacon_tags = self.directory.ibeacon_tags(at)
+        # Only the copy is made on the loop; picking the detectable shoppers and building
+        # every table runs on the worker thread.
+        snapshot = self.directory.snapshot()
         version = self._keys_version
         cached = self._window_cache if self._cache_version == version else {}
         self._building = True
         self._erased_during_build = set()
         try:
             started = time.perf_counter()
-            tokens, eids, windows = await asyncio.to_thread(
-                _build_tables, keys, tags, center_window, cached
+            inputs, tokens, eids, ibeacons, windows = await asyncio.to_thread(
+                _build_tables, snapshot, at, center_window, cached
             )
             if self._keys_version == version:
                 self._window_cache, self._cache_version = windows, version
-            ibeacons = build_ibeacon_table(ibeacon_tags)
             self.last_rebuild_ms = (time.perf_counter() - started) * 1000
             if install_at is not None and not await self._wait_unchanged(install_at, version):
                 # HQ changed profiles while these tables waited for the window change:
@@ -352,8 +351,8 @@ class ShopperFlow:
         self._log.info(
             "token_tables_built",
             window=center_window,
-            shoppers=len(keys),
-            tags=len(tags) + len(ibeacon_tags),
+            shoppers=len(inputs.token_keys),
+            tags=len(inputs.eid_tags) + len(inputs.ibeacon_tags),
             tokens=len(tokens),
             took_ms=round(self.last_rebuild_ms, 1),
         )
@@ -391,17 +390,23 @@ class ShopperFlow:
 
 
 def _build_tables(
-    keys: list[tuple[str, Mapping[str, bytes]]],
-    tags: list[tuple[str, Any]],
+    snapshot: DirectorySnapshot,
+    at: float,
     center_window: int,
     cached: Mapping[int, dict[bytes, str]],
-) -> tuple[dict[bytes, str], dict[bytes, str], dict[int, dict[bytes, str]]]:
-    """The token table (reusing cached windows), the EID table, and the per-window maps."""
+) -> tuple[
+    TableInputs, dict[bytes, str], dict[bytes, str], dict[bytes, str], dict[int, dict[bytes, str]]
+]:
+    """Everything a rebuild computes, on the worker thread: what the tables are built from,
+    the token table (reusing cached windows), the EID and iBeacon tables, and the
+    per-window token maps."""
+    inputs = snapshot.table_inputs(at)
     windows = {
-        w: cached[w] if w in cached else window_tokens(keys, w)
+        w: cached[w] if w in cached else window_tokens(inputs.token_keys, w)
         for w in table_windows(center_window)
     }
     tokens: dict[bytes, str] = {}
     for part in windows.values():
         tokens.update(part)
-    return tokens, build_eid_table(tags, center_window), windows
+    eids = build_eid_table(inputs.eid_tags, center_window)
+    return inputs, tokens, eids, build_ibeacon_table(inputs.ibeacon_tags), windows
