@@ -176,6 +176,19 @@ class Outbox:
     def _open_job(self, conn: sqlite3.Connection) -> _LossFigures:
         led = self._ledger
         led.next_seq = outbox_rows.next_seq(conn)
+        # An erasure interrupted by a crash (the shopper's rows gone, the outbox's not yet)
+        # finishes now, before anything is sent.
+        orphans: list[tuple[int, int]] = []
+        try:
+            with transaction(conn):
+                orphans = outbox_rows.delete_orphans(conn)
+        except sqlite3.Error as exc:
+            if not is_full_error(exc):
+                raise
+            self._log.error("outbox_orphans_not_erased", reason="disk full", retry="next start")
+        if orphans:
+            checkpoint(conn)  # the erased bytes leave the WAL too
+            self._log.info("outbox_orphans_erased", rows=len(orphans))
         self._reload_counts(conn)
         led.loss = outbox_rows.loss_totals(conn)
         floor = {

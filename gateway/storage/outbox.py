@@ -148,6 +148,21 @@ def delete_subjects(conn: sqlite3.Connection, subjects: Iterable[str]) -> list[t
     return [(int(p), int(n)) for p, n in gone]
 
 
+def delete_orphans(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+    """Delete every row identifying a shopper the store no longer knows; (priority, size).
+
+    Events name a subject only while the shopper has a consent row, and an erasure
+    deletes the shopper's rows first and the outbox's next, in two transactions: a
+    crash between them leaves rows of an erased shopper, found and deleted here.
+    """
+    gone = conn.execute(
+        "DELETE FROM outbox WHERE subject IS NOT NULL "
+        "AND subject NOT IN (SELECT shopper_id FROM consent) "
+        "AND subject NOT IN (SELECT shopper_id FROM profiles) RETURNING priority, size"
+    ).fetchall()
+    return [(int(p), int(n)) for p, n in gone]
+
+
 def shed_oldest(conn: sqlite3.Connection, priority: int, limit: int) -> list[tuple[str, int]]:
     """Delete the ``limit`` oldest rows of one class; (kind, size) of each."""
     return [

@@ -749,3 +749,34 @@ def test_on_a_really_full_file_system_every_event_is_committed_or_counted(
         shed_after_commit = sum(n for k, n in loss.items() if not k.endswith(":refused"))
         assert shed_after_commit == committed_but_gone(ids, db)
         assert count_by_class(db)[Priority.CRITICAL] == 100
+
+
+def test_an_erasure_cut_short_by_a_crash_finishes_when_the_outbox_opens(tmp_path: Path) -> None:
+    """Rows of a shopper whose profile and consent are gone (a crash between the erasure's
+    two transactions) are deleted at the next open; a known shopper's rows and events
+    naming nobody stay."""
+    from gateway.shoppers import Consent
+    from gateway.storage import profiles as profile_rows
+
+    db = tmp_path / "gw.db"
+
+    async def scenario() -> None:
+        async with open_outbox(db) as ob:
+            await ob.put(UpEvent.of("presence", {"n": 1}, 1.0, subject="s-erased"))
+            await ob.put(UpEvent.of("presence", {"n": 2}, 1.0, subject="s-kept"))
+            await ob.put(make_event("telemetry"))
+            keep = Consent("s-kept", frozenset({"presence", "analytics"}), 2e9)
+            await ob.writer.run(lambda conn: profile_rows.upsert_consent(conn, [keep], 1.0))
+        assert len(rows_in_file(db)) == 3
+        async with open_outbox(db) as ob:
+            assert ob.depth() == 2
+
+    asyncio.run(scenario())
+    conn = sqlite3.connect(str(db))
+    try:
+        subjects = [s for (s,) in conn.execute("SELECT subject FROM outbox ORDER BY seq")]
+    finally:
+        conn.close()
+    assert subjects == ["s-kept", None]
+    for path in (db, db.with_name(db.name + "-wal")):
+        assert not path.exists() or b"s-erased" not in path.read_bytes()
