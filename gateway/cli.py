@@ -300,6 +300,29 @@ def _add_hq(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         if kind == "profiles":
             p.add_argument("--loyalty-salt-file", help="the fleet's loyalty salt (for loyalty_ids)")
         p.set_defaults(func=_cmd_hq_push, kind=kind)
+    _add_hq_fleet(hq_sub)
+
+
+def _cmd_hq_fleet_status(args: argparse.Namespace) -> int:
+    from gateway.hq import fleet  # HQ code: loaded only when the command runs
+
+    return fleet.cmd_status(args)
+
+
+def _add_hq_fleet(hq_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    fleet = hq_sub.add_parser("fleet", help="the fleet's models: status, rollback")
+    fleet_sub = fleet.add_subparsers(dest="fleet_command", required=True, metavar="CMD")
+    status = fleet_sub.add_parser(
+        "status", help="per store: active and pending version, state, reason, last report"
+    )
+    status.add_argument("--broker", default="127.0.0.1:1883", help="HQ broker host:port")
+    status.add_argument("--username", help="password from $STORE_GATEWAY_HQ_PASSWORD")
+    status.add_argument("--json", action="store_true", help="one JSON document")
+    status.add_argument("--timeout", type=float, default=10.0, help="seconds to wait at most")
+    status.add_argument(
+        "--settle", type=float, default=0.5, help="stop after this long without a new store"
+    )
+    status.set_defaults(func=_cmd_hq_fleet_status)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import threading
 import time
 import uuid
@@ -340,3 +341,49 @@ def run_rollout(
                 return RolloutResult(version, reports, "timeout")
             sleep(poll_s)
     return RolloutResult(version, reports, "complete")
+
+
+# -- command line -----------------------------------------------------------------------
+
+
+def cmd_status(args: Any) -> int:
+    """``store-gateway hq fleet status``: the table (or ``--json``) of the retained states."""
+    import sys
+
+    host, _, port = args.broker.rpartition(":")
+    try:
+        watcher = FleetWatcher(
+            host or "127.0.0.1",
+            int(port),
+            username=args.username,
+            password=os.environ.get("STORE_GATEWAY_HQ_PASSWORD"),
+        )
+    except (OSError, ValueError) as exc:
+        print(f"{args.broker}: cannot connect: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if not watcher.wait_subscribed(args.timeout):
+            print(f"{args.broker}: no subscription acknowledged", file=sys.stderr)
+            return 1
+        # Retained messages arrive right after the SUBACK; wait until they stop coming.
+        last, quiet_since = -1, time.monotonic()
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            n = len(watcher.view.rows())
+            if n != last:
+                last, quiet_since = n, time.monotonic()
+            elif time.monotonic() - quiet_since >= args.settle:
+                break
+            time.sleep(0.05)
+        rows = watcher.view.rows()
+    finally:
+        watcher.close()
+    if args.json:
+        doc = {
+            "stores": [rows[s].as_dict() for s in sorted(rows)],
+            "counts": counts(rows.values()),
+        }
+        print(json.dumps(doc, indent=1))
+    else:
+        print(render(rows, time.time()))
+    return 0
