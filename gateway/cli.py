@@ -10,7 +10,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.errors import ConfigError, GatewayError
@@ -301,6 +301,48 @@ def _add_hq(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             p.add_argument("--loyalty-salt-file", help="the fleet's loyalty salt (for loyalty_ids)")
         p.set_defaults(func=_cmd_hq_push, kind=kind)
     _add_hq_fleet(hq_sub)
+    _add_hq_signing(hq_sub)
+
+
+def _hq_signing(name: str) -> Any:
+    """A command of hq/signing.py, imported only when it runs: the daemon loads no HQ code."""
+
+    def run(args: argparse.Namespace) -> int:
+        from gateway.hq import signing
+
+        return int(getattr(signing, name)(args))
+
+    return run
+
+
+def _add_hq_signing(hq_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``hq keygen``, ``hq sign-bundle``, ``hq sign-keys``, ``hq timestamp``."""
+    p = hq_sub.add_parser("keygen", help="generate an Ed25519 signing key (private key 0600)")
+    p.add_argument("--out", required=True, help="private key file to write (PEM)")
+    p.set_defaults(func=_hq_signing("cmd_keygen"))
+
+    p = hq_sub.add_parser("sign-bundle", help="sign a model bundle (writes manifest.sig)")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--key", required=True, help="private key file (PEM or hex)")
+    p.set_defaults(func=_hq_signing("cmd_sign_bundle"))
+
+    p = hq_sub.add_parser("sign-keys", help="a key rotation document (kind keys)")
+    p.add_argument("--key", action="append", required=True, help="a CURRENT key (repeat)")
+    p.add_argument(
+        "--new-key", action="append", required=True, help="a new key: private file or .pub hex"
+    )
+    p.add_argument("--threshold", type=int, default=1)
+    p.add_argument("--version", type=int, required=True)
+    p.add_argument("--lifetime", type=float, default=7 * 86400)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_hq_signing("cmd_sign_keys"))
+
+    p = hq_sub.add_parser("timestamp", help="a signed, short-lived timestamp")
+    p.add_argument("--key", action="append", required=True)
+    p.add_argument("--version", type=int, help="default: the unix time")
+    p.add_argument("--lifetime", type=float, default=3600)
+    p.add_argument("--out", required=True, help="write the envelope here")
+    p.set_defaults(func=_hq_signing("cmd_timestamp"))
 
 
 def _cmd_hq_fleet_status(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ live in the TOML: they come from files (mode 0600) or the environment.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import tomllib
@@ -134,6 +135,47 @@ class DownlinkSection(Section):
     # the rest wait at HQ's broker. Bounds the downlink's memory to this many
     # payloads (64 x 128 KiB = 8 MiB) while keeping the writer busy (bench/downlink.py).
     max_inflight_messages: Annotated[int, Field(ge=1, le=1024)] = 64
+
+
+KeyId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+
+
+class TrustKeySection(Section):
+    """One HQ signing key: its id (first 16 hex of sha256 of the raw public key)."""
+
+    id: KeyId
+    public_key: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+
+    @model_validator(mode="after")
+    def _id_matches(self) -> TrustKeySection:
+        expected = hashlib.sha256(bytes.fromhex(self.public_key)).hexdigest()[:16]
+        if self.id != expected:
+            raise ValueError(f"id is not the key's id (sha256 of the public key: {expected})")
+        return self
+
+
+class TrustSection(Section):
+    """HQ's signing keys: every downlink message and every model bundle (docs/downlink.md)."""
+
+    # The initial root: once HQ rotates keys (a signed `keys` document), the store
+    # keeps the rotated set in its database and these are no longer used.
+    keys: Annotated[tuple[TrustKeySection, ...], Field(strict=False, max_length=32)] = ()
+    # Distinct trusted keys that must sign each document.
+    threshold: Annotated[int, Field(ge=1, le=32)] = 1
+    # Pilot switches, off by default: accept unsigned downlink payloads / bundles.
+    allow_unsigned_downlink: bool = False
+    allow_unsigned_bundles: bool = False
+    # Slack for the Pi's clock when checking `expires` (seconds).
+    max_clock_skew_s: Annotated[float, Field(ge=0, le=86_400)] = 300
+
+    @model_validator(mode="after")
+    def _threshold(self) -> TrustSection:
+        ids = [k.id for k in self.keys]
+        if len(set(ids)) != len(ids):
+            raise ValueError("keys: ids must be unique")
+        if self.keys and self.threshold > len(self.keys):
+            raise ValueError(f"threshold: {self.threshold} is more than the {len(ids)} keys")
+        return self
 
 
 class ProfilesSection(Section):
@@ -291,7 +333,7 @@ class DecisionSection(Section):
     # The model bundle (docs/contracts.md section 5); a missing or broken one means the
     # popularity fallback, counted in health. The default is the shipped bundle.
     bundle_dir: ConfigPath | None = None
-    # Ed25519 public keys (hex) whose signature a bundle must carry; empty: none needed.
+    # Legacy (use [trust] keys): Ed25519 public keys (hex) also trusted for bundles.
     trusted_keys: Annotated[tuple[Hex32Key, ...], Field(strict=False)] = ()
     # onnxruntime intra-op threads: the Pi's CPU is shared with everything else.
     threads: Annotated[int, Field(ge=1, le=4)] = 1
@@ -347,6 +389,7 @@ class GatewayConfig(Section):
     daemon: DaemonSection = DaemonSection()
     simulation: SimulationSection = SimulationSection()
     downlink: DownlinkSection = DownlinkSection()
+    trust: TrustSection = TrustSection()
     profiles: ProfilesSection = ProfilesSection()
     ble: BleSection = BleSection()
     satellites: Annotated[tuple[SatelliteSection, ...], Field(strict=False)] = ()

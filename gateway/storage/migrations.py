@@ -103,3 +103,18 @@ def m005_database_id(db: Database) -> None:
     db.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('database_id', lower(hex(randomblob(16))))"
     )
+
+
+@migrations()
+def m006_trust(db: Database) -> None:
+    # HQ trust state (publish/trust.py): the highest signed time and versions ever
+    # accepted, the rotated key set, and the highest bundle version per signing key.
+    # Nothing here may go backwards: that is what defeats rollback and replay.
+    db.execute(
+        "CREATE TABLE trust_state (name TEXT PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID"
+    )
+    db.execute("CREATE TABLE trust_keys (version INTEGER NOT NULL, document TEXT NOT NULL)")
+    db.execute(
+        "CREATE TABLE trust_bundles (keyid TEXT PRIMARY KEY, version INTEGER NOT NULL) "
+        "WITHOUT ROWID"
+    )
